@@ -1,0 +1,140 @@
+"""Backend selection for every surm_ops op.
+
+A backend is a named implementation (forward and backward) of one op. Each backend answers "can I run this call,
+and if not, why" (:func:`reasons`); automatic selection takes the first backend in priority order that can run, and
+a forced backend that cannot run raises :class:`BackendUnavailableError` listing every reason.
+
+Priority in automatic mode: ``cuda`` (the compiled extension), ``triton``, then ``fft`` or ``dense`` — whichever the
+op's cost model predicts is faster for the call's shape (dense materialisation wins at small sizes).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("cuda", "triton", "fft", "dense")
+"""Every backend name, in automatic priority order."""
+
+ENV_BACKEND = "SURM_BACKEND"
+_GPU_BACKENDS = ("cuda", "triton")
+
+
+class BackendUnavailableError(ValueError):
+    """A backend was forced (argument or ``SURM_BACKEND``) but cannot run this call; the message lists why."""
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One backend's implementation of one op.
+
+    ``forward(x, *params) -> y``; ``backward(grad, x, *params, needs) -> grads`` returns one tensor (or ``None``
+    where ``needs`` is False) per input; ``why_not(x, *params) -> list[str]`` lists call-specific reasons this
+    implementation cannot run (empty when it can).
+    """
+
+    forward: Callable[..., torch.Tensor]
+    backward: Callable[..., Sequence[torch.Tensor | None]]
+    why_not: Callable[..., list[str]] | None = None
+
+
+_IMPLS: dict[str, dict[str, Impl]] = {}
+_PREFER_DENSE: dict[str, Callable[..., bool]] = {}
+
+
+@functools.cache
+def _triton_reasons() -> list[str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        return [f"triton is not importable ({err})"]
+    return []
+
+
+def register(op: str, backend: str, impl: Impl) -> None:
+    """Make ``impl`` the ``backend`` implementation of ``op`` (later Triton/CUDA backends plug in here)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    _IMPLS.setdefault(op, {})[backend] = impl
+
+
+def set_cost_model(op: str, prefer_dense: Callable[..., bool]) -> None:
+    """``prefer_dense(x, *params) -> bool`` decides between ``dense`` and ``fft`` in automatic mode."""
+    _PREFER_DENSE[op] = prefer_dense
+
+
+def check_name(backend: object, what: str = "backend") -> str:
+    """Validate a backend name given as an argument (or through the environment) and return it."""
+    if backend == "auto" or backend in BACKENDS:
+        return backend  # type: ignore[return-value]
+    raise ValueError(f"{what} must be 'auto' or one of {', '.join(BACKENDS)}; got {backend!r}")
+
+
+def reasons(op: str, backend: str, x: torch.Tensor, params: Sequence[torch.Tensor]) -> list[str]:
+    """Why ``backend`` cannot run ``op`` on these arguments; an empty list means it can."""
+    why = []
+    impl = _IMPLS.get(op, {}).get(backend)
+    if backend in _GPU_BACKENDS and x.device.type != "cuda":
+        why.append(f"{backend} runs on CUDA tensors only; x is on {x.device}")
+    if backend == "triton":
+        why += _triton_reasons()
+    if backend == "cuda":
+        from surm_ops import _extension
+
+        ok, status = _extension.status()
+        if not ok:
+            why.append(f"the compiled extension surm_ops._C is unavailable ({status})")
+    if impl is None:
+        why.append(f"surm_ops has no {backend} implementation of {op}")
+    elif impl.why_not is not None and not why:
+        why += impl.why_not(x, *params)
+    return why
+
+
+def requested(backend: str) -> str:
+    """The backend a call asks for: its argument, else ``SURM_BACKEND``, else ``'auto'``."""
+    if backend != "auto":
+        return backend
+    return check_name(os.environ.get(ENV_BACKEND, "auto") or "auto", what=f"environment variable {ENV_BACKEND}")
+
+
+def resolve(op: str, backend: str, x: torch.Tensor, params: Sequence[torch.Tensor]) -> str:
+    """The name of the backend that runs this call (see the module docstring for the rules)."""
+    name = requested(backend)
+    if name == "auto":
+        return choose_auto(op, x, params)
+    why = reasons(op, name, x, params)
+    if why:
+        forced = "argument backend" if backend != "auto" else f"{ENV_BACKEND}={name}"
+        raise BackendUnavailableError(f"{op}: backend {name!r} ({forced}) cannot run this call: " + "; ".join(why))
+    return name
+
+
+def select(op: str, backend: str, x: torch.Tensor, params: Sequence[torch.Tensor]) -> Impl:
+    """The implementation that runs this call."""
+    return _IMPLS[op][resolve(op, backend, x, params)]
+
+
+def choose_auto(op: str, x: torch.Tensor, params: Sequence[torch.Tensor]) -> str:
+    """The backend automatic mode picks for this call."""
+    impls = _IMPLS[op]
+    if x.device.type == "cuda":
+        for name in _GPU_BACKENDS:
+            if name in impls and not reasons(op, name, x, params):
+                return name
+    prefer_dense = _PREFER_DENSE.get(op)
+    order = ("dense", "fft") if prefer_dense is not None and prefer_dense(x, *params) else ("fft", "dense")
+    for name in order:
+        if name in impls and not reasons(op, name, x, params):
+            return name
+    raise BackendUnavailableError(f"{op}: no backend can run this call: " + "; ".join(
+        f"{name}: {', '.join(reasons(op, name, x, params))}" for name in BACKENDS))
+
+
+def available(op: str, x: torch.Tensor, params: Sequence[torch.Tensor]) -> dict[str, list[str]]:
+    """For each backend, the reasons it cannot run this call (empty list: it can)."""
+    return {name: reasons(op, name, x, params) for name in BACKENDS}

@@ -1,0 +1,80 @@
+"""Registers each op with ``torch.library``: a custom op whose implementation dispatches to a backend, a fake
+(meta) kernel, and autograd through a second custom op for the backward — so ``torch.compile(fullgraph=True)``
+traces both directions and ``torch.library.opcheck`` passes.
+
+Every op has the schema ``name(Tensor x, Tensor p1, ..., str backend) -> Tensor`` and its backward
+``name_backward(Tensor grad, Tensor x, Tensor p1, ..., str backend, bool[] needs) -> Tensor[]`` (a gradient that is
+not needed comes back as an empty placeholder). Backend resolution happens inside the op, at run time, so
+``SURM_BACKEND`` is honoured under ``torch.compile`` too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from surm_ops import dispatch
+
+
+def define(name: str, params: Sequence[str], out_features: Callable[..., int]) -> Callable[..., torch.Tensor]:
+    """Register ``surm_ops::name`` and return the callable op ``op(x, *params, backend)``.
+
+    ``out_features(x, *params)`` gives n_out for the fake kernel.
+    """
+    args = ", ".join(["Tensor x", *(f"Tensor {p}" for p in params)])
+
+    def forward(x, *rest):
+        *ps, backend = rest
+        impl = dispatch.select(name, backend, x, ps)
+        if x.numel() == 0:  # an empty batch needs no kernel (and MKL's FFT rejects it)
+            return x.new_zeros(*x.shape[:-1], out_features(x, *ps))
+        return impl.forward(x, *ps)
+
+    def backward_impl(grad, x, *rest):
+        *ps, backend, needs = rest
+        impl = dispatch.select(name, backend, x, ps)
+        if x.numel() == 0 or grad.numel() == 0:
+            grads = [torch.zeros_like(t) if need else None for t, need in zip((x, *ps), needs)]
+        else:
+            grads = impl.backward(grad, x, *ps, needs)
+        return [g if g is not None else t.new_empty(0) for g, t in zip(grads, (x, *ps))]
+
+    op = torch.library.custom_op(f"surm_ops::{name}", forward, mutates_args=(),
+                                 schema=f"({args}, str backend) -> Tensor")
+    op_backward = torch.library.custom_op(f"surm_ops::{name}_backward", backward_impl, mutates_args=(),
+                                          schema=f"(Tensor grad, {args}, str backend, bool[] needs) -> Tensor[]")
+
+    @op.register_fake
+    def _(x, *rest):
+        return x.new_empty(*x.shape[:-1], out_features(x, *rest[:-1]))
+
+    @op_backward.register_fake
+    def _(grad, x, *rest):
+        *ps, _backend, needs = rest
+        return [torch.empty_like(t) if need else t.new_empty(0) for t, need in zip((x, *ps), needs)]
+
+    def setup_context(ctx, inputs, output):
+        *tensors, backend = inputs
+        ctx.backend = backend
+        ctx.save_for_backward(*tensors)
+
+    def backward(ctx, grad):
+        tensors = ctx.saved_tensors
+        needs = list(ctx.needs_input_grad[:len(tensors)])
+        grads = op_backward(grad, *tensors, ctx.backend, needs)
+        return (*(g if need else None for g, need in zip(grads, needs)), None)
+
+    op.register_autograd(backward, setup_context=setup_context)
+    return op
+
+
+def register_reference(name: str, fft_forward, fft_backward, materialise, dense_why_not=None) -> None:
+    """The two reference backends of an op: ``fft`` (structured) and ``dense`` (materialise M)."""
+    from surm_ops.reference import dense
+
+    dispatch.register(name, "fft", dispatch.Impl(fft_forward, fft_backward))
+    dispatch.register(name, "dense", dispatch.Impl(
+        lambda x, *ps: dense.forward(materialise, x, ps),
+        lambda grad, x, *rest: dense.backward(materialise, grad, x, rest[:-1], rest[-1]),
+        dense_why_not))

@@ -1,0 +1,61 @@
+"""``svd_matmul``: products with a matrix in truncated singular-value form ``u diag(s) v^T`` (SARA, Mo-SARA)."""
+
+from __future__ import annotations
+
+import torch
+
+from surm_ops import _validate, dispatch
+from surm_ops.ops import _cost
+from surm_ops.ops._registry import define, register_reference
+from surm_ops.reference import dense, factored
+
+NAME = "svd_matmul"
+
+
+def _dense_why_not(x, u, s, v):
+    if s.ndim > 1 and s.shape[:-1].numel() > 1:
+        return [f"s has per-token values (s.shape = {_validate.shape_str(s)}); dense materialises one matrix "
+                "for all tokens"]
+    return []
+
+
+_op = define(NAME, ["u", "s", "v"], lambda x, u, s, v: u.shape[0])
+register_reference(NAME, factored.svd_forward, factored.svd_backward,
+                   lambda u, s, v: dense.svd(u, s.reshape(-1), v), _dense_why_not)
+dispatch.set_cost_model(NAME, _cost.svd)
+
+
+def svd_matmul(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor,
+               backend: str = "auto") -> torch.Tensor:
+    """``y = x @ M.T`` with ``M = u @ diag(s) @ v.T``, computed as ``((x @ v) * s) @ u.T``.
+
+    Shapes:
+        x: ``(..., n_in)``; u: ``(n_out, k)``; v: ``(n_in, k)``; s: ``(k,)``, or any shape broadcastable to
+        ``(..., k)`` for per-token singular values (Mo-SARA's mixture); returns ``(..., n_out)`` in x's dtype.
+
+    The ``fft`` backend of this op is the factored product; ``dense`` materialises M and cannot take per-token s.
+    Dtypes, gradients and ``backend`` as in :func:`surm_ops.circulant_matmul`.
+
+    Example::
+
+        >>> x, u, s, v = torch.randn(4, 6), torch.randn(5, 2), torch.randn(2), torch.randn(6, 2)
+        >>> surm_ops.svd_matmul(x, u, s, v).shape
+        torch.Size([4, 5])
+    """
+    _validate.tensors(NAME, x=x, u=u, s=s, v=v)
+    _validate.ndim(NAME, "u", u, (2,), "(n_out, k)")
+    _validate.ndim(NAME, "v", v, (2,), "(n_in, k)")
+    if u.shape[1] != v.shape[1]:
+        raise ValueError(f"{NAME}: u and v must have the same number of columns k; got u.shape = "
+                         f"{_validate.shape_str(u)} and v.shape = {_validate.shape_str(v)}")
+    _validate.features(NAME, x, v.shape[0], f"v.shape = {_validate.shape_str(v)}")
+    k = u.shape[1]
+    target = (*x.shape[:-1], k)
+    try:
+        ok = torch.broadcast_shapes(s.shape, target) == torch.Size(target)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{NAME}: s must have shape (k,) = ({k},) or be broadcastable to (..., k) = "
+                         f"{tuple(target)}; got s.shape = {_validate.shape_str(s)}")
+    return _op(x, u, s, v, dispatch.check_name(backend))

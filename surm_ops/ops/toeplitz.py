@@ -1,0 +1,49 @@
+"""``toeplitz_matmul``: products with a general (rectangular) Toeplitz matrix."""
+
+from __future__ import annotations
+
+import torch
+
+from surm_ops import _validate, dispatch
+from surm_ops.ops import _cost
+from surm_ops.ops._registry import define, register_reference
+from surm_ops.reference import dense, fft
+
+NAME = "toeplitz_matmul"
+
+_op = define(NAME, ["col", "row"], lambda x, col, row: col.shape[-1])
+register_reference(NAME, fft.toeplitz_forward, fft.toeplitz_backward, dense.toeplitz)
+dispatch.set_cost_model(NAME, _cost.toeplitz)
+
+
+def toeplitz_matmul(x: torch.Tensor, col: torch.Tensor, row: torch.Tensor | None = None,
+                    backend: str = "auto") -> torch.Tensor:
+    """``y = x @ M.T`` with ``M = scipy.linalg.toeplitz(col, row)``: ``M[i, j] = col[i - j]`` if i >= j else
+    ``row[j - i]``.
+
+    Shapes:
+        x: ``(..., n_in)``; col: ``(n_out,)`` (the first column); row: ``(n_in,)`` (the first row; ``row[0]`` is
+        ignored, as in scipy, and gets a zero gradient). ``row=None`` means ``row = col`` (square, symmetric).
+        Returns ``(..., n_out)`` in x's dtype.
+
+    Dtypes, gradients and ``backend`` as in :func:`surm_ops.circulant_matmul`.
+
+    Example::
+
+        >>> x, col, row = torch.randn(4, 6), torch.randn(3), torch.randn(6)
+        >>> surm_ops.toeplitz_matmul(x, col, row).shape
+        torch.Size([4, 3])
+    """
+    if row is None:
+        _validate.tensors(NAME, x=x, col=col)
+        row = col
+    else:
+        _validate.tensors(NAME, x=x, col=col, row=row)
+    _validate.ndim(NAME, "col", col, (1,), "(n_out,)")
+    _validate.ndim(NAME, "row", row, (1,), "(n_in,)")
+    _validate.nonempty(NAME, "col", col)
+    _validate.nonempty(NAME, "row", row)
+    source = (f"row.shape = {_validate.shape_str(row)}" if row is not col
+              else f"col.shape = {_validate.shape_str(col)} (row=None means row = col)")
+    _validate.features(NAME, x, row.shape[0], source)
+    return _op(x, col, row, dispatch.check_name(backend))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -33,10 +35,11 @@ def ndim(op: str, name: str, t: torch.Tensor, allowed: tuple[int, ...], layout: 
         raise ValueError(f"{op}: {name} must have shape {layout}; got {name}.shape = {shape_str(t)}")
 
 
-def features(op: str, x: torch.Tensor, n_in: int, source: str) -> None:
-    """x's last dimension equals n_in, which ``source`` (e.g. "c.shape = (8,)") determines."""
+def features(op: str, x: torch.Tensor, n_in: int, source: Callable[[], str]) -> None:
+    """x's last dimension equals n_in, which ``source()`` (e.g. "c.shape = (8,)") describes. The description is
+    built only on failure: under torch.compile with dynamic shapes, formatting a symbolic size breaks the graph."""
     if x.shape[-1] != n_in:
-        raise ValueError(f"{op}: x.shape[-1] must be n_in = {n_in} to match {source}; got x.shape = {shape_str(x)}")
+        raise ValueError(f"{op}: x.shape[-1] must be n_in = {n_in} to match {source()}; got x.shape = {shape_str(x)}")
 
 
 def nonempty(op: str, name: str, t: torch.Tensor) -> None:

@@ -48,5 +48,5 @@ def circulant_matmul(x: torch.Tensor, c: torch.Tensor, backend: str = "auto") ->
     _validate.ndim(NAME, "c", c, (1, 3), "(n,) or (p, q, b)")
     _validate.nonempty(NAME, "c", c)
     n_in = c.shape[0] if c.ndim == 1 else c.shape[1] * c.shape[2]
-    _validate.features(NAME, x, n_in, f"c.shape = {_validate.shape_str(c)}")
+    _validate.features(NAME, x, n_in, lambda: f"c.shape = {_validate.shape_str(c)}")
     return _op(x, c, dispatch.check_name(backend))

@@ -37,5 +37,5 @@ def kronecker_matmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, backend:
     _validate.nonempty(NAME, "a", a)
     _validate.nonempty(NAME, "b", b)
     _validate.features(NAME, x, a.shape[1] * b.shape[1],
-                       f"a.shape = {_validate.shape_str(a)} and b.shape = {_validate.shape_str(b)} (n_in = q*v)")
+                       lambda: f"a.shape = {_validate.shape_str(a)} and b.shape = {_validate.shape_str(b)} (n_in = q*v)")
     return _op(x, a, b, dispatch.check_name(backend))

@@ -38,5 +38,5 @@ def ldr_matmul(x: torch.Tensor, g: torch.Tensor, h: torch.Tensor, backend: str =
     if h.shape != g.shape:
         raise ValueError(f"{NAME}: g and h must have the same shape (r, n); got g.shape = "
                          f"{_validate.shape_str(g)} and h.shape = {_validate.shape_str(h)}")
-    _validate.features(NAME, x, g.shape[1], f"g.shape = {_validate.shape_str(g)}")
+    _validate.features(NAME, x, g.shape[1], lambda: f"g.shape = {_validate.shape_str(g)}")
     return _op(x, g, h, dispatch.check_name(backend))

@@ -33,5 +33,5 @@ def skew_circulant_matmul(x: torch.Tensor, c: torch.Tensor, backend: str = "auto
     _validate.tensors(NAME, x=x, c=c)
     _validate.ndim(NAME, "c", c, (1,), "(n,)")
     _validate.nonempty(NAME, "c", c)
-    _validate.features(NAME, x, c.shape[0], f"c.shape = {_validate.shape_str(c)}")
+    _validate.features(NAME, x, c.shape[0], lambda: f"c.shape = {_validate.shape_str(c)}")
     return _op(x, c, dispatch.check_name(backend))

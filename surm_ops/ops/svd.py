@@ -48,7 +48,7 @@ def svd_matmul(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tenso
     if u.shape[1] != v.shape[1]:
         raise ValueError(f"{NAME}: u and v must have the same number of columns k; got u.shape = "
                          f"{_validate.shape_str(u)} and v.shape = {_validate.shape_str(v)}")
-    _validate.features(NAME, x, v.shape[0], f"v.shape = {_validate.shape_str(v)}")
+    _validate.features(NAME, x, v.shape[0], lambda: f"v.shape = {_validate.shape_str(v)}")
     k = u.shape[1]
     target = (*x.shape[:-1], k)
     try:

@@ -43,7 +43,7 @@ def toeplitz_matmul(x: torch.Tensor, col: torch.Tensor, row: torch.Tensor | None
     _validate.ndim(NAME, "row", row, (1,), "(n_in,)")
     _validate.nonempty(NAME, "col", col)
     _validate.nonempty(NAME, "row", row)
-    source = (f"row.shape = {_validate.shape_str(row)}" if row is not col
-              else f"col.shape = {_validate.shape_str(col)} (row=None means row = col)")
-    _validate.features(NAME, x, row.shape[0], source)
+    _validate.features(NAME, x, row.shape[0], lambda: (
+        f"row.shape = {_validate.shape_str(row)}" if row is not col
+        else f"col.shape = {_validate.shape_str(col)} (row=None means row = col)"))
     return _op(x, col, row, dispatch.check_name(backend))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-MATERIALISE = 8.0
-FFT = 4.0
+MATERIALISE = 1.0
+FFT = 7.0
 
 
 def _tokens(x, n_in):

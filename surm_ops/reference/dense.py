@@ -14,9 +14,13 @@ import torch
 from surm_ops._validate import compute_dtype
 
 
-def _wrapped_diffs(n: int, device: torch.device) -> torch.Tensor:
-    i = torch.arange(n, device=device)
-    return i[:, None] - i[None, :]
+def _from_diagonals(e: torch.Tensor, n_in: int) -> torch.Tensor:
+    """The Toeplitz matrix whose diagonal d = i - j holds ``e[..., d + n_in - 1]``.
+
+    e: (..., n_out + n_in - 1) -> (..., n_out, n_in). Row i is a reversed window of e, so M is a flipped strided
+    view of e's reversal, copied once: no n^2 index tensor is built.
+    """
+    return e.flip(-1).unfold(-1, n_in, 1).flip(-2)
 
 
 def circulant(c: torch.Tensor) -> torch.Tensor:
@@ -24,8 +28,7 @@ def circulant(c: torch.Tensor) -> torch.Tensor:
 
     c: (..., n) -> (..., n, n) for a batch of circulants.
     """
-    n = c.shape[-1]
-    return c[..., _wrapped_diffs(n, c.device) % n]
+    return _from_diagonals(torch.cat([c[..., 1:], c], dim=-1), c.shape[-1])
 
 
 def block_circulant(c: torch.Tensor) -> torch.Tensor:
@@ -36,10 +39,7 @@ def block_circulant(c: torch.Tensor) -> torch.Tensor:
 
 def skew_circulant(c: torch.Tensor) -> torch.Tensor:
     """``M[i, j] = c[i - j]`` if i >= j else ``-c[n + i - j]``. c: (..., n) -> (..., n, n)."""
-    n = c.shape[-1]
-    d = _wrapped_diffs(n, c.device)
-    sign = torch.where(d >= 0, 1.0, -1.0).to(c.dtype)
-    return c[..., d % n] * sign
+    return _from_diagonals(torch.cat([-c[..., 1:], c], dim=-1), c.shape[-1])
 
 
 def toeplitz(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
@@ -47,10 +47,7 @@ def toeplitz(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
 
     col: (n_out,), row: (n_in,) -> (n_out, n_in).
     """
-    i = torch.arange(col.shape[-1], device=col.device)[:, None]
-    j = torch.arange(row.shape[-1], device=col.device)[None, :]
-    d = i - j
-    return torch.where(d >= 0, col[d.clamp(min=0)], row[(-d).clamp(min=0)])
+    return _from_diagonals(torch.cat([row[1:].flip(0), col]), row.shape[-1])
 
 
 def ldr(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Automatic choice between the ``dense`` and ``fft`` backends: a two-term cost model per op.
 
-dense ~ n_out * n_in * (tokens + MATERIALISE)      one matmul, plus building M once
-fft   ~ FFT * tokens * (sum of FFT lengths * log2)  the structured path
+dense ~ n_out * n_in * (tokens + MATERIALISE) + build   one matmul, plus building M once (build: LDR's r
+                                                       n x n products)
+fft   ~ FFT * tokens * (sum of FFT lengths * log2)       the structured path
 
 The constants were fitted to timings on the 2-core CPU machine (see README, "Choosing a backend"); on a GPU the
 faster kernels (triton, cuda) are tried first, and among the references the same rule applies.
@@ -23,9 +24,9 @@ def _fft_work(lengths):
     return sum(n * max(math.log2(n), 1.0) for n in lengths)
 
 
-def _prefer_dense(x, n_out, n_in, fft_lengths, fft_scale=1.0):
+def _prefer_dense(x, n_out, n_in, fft_lengths, fft_scale=1.0, build=0.0):
     t = _tokens(x, n_in)
-    return n_out * n_in * (t + MATERIALISE) <= FFT * fft_scale * t * _fft_work(fft_lengths)
+    return n_out * n_in * (t + MATERIALISE) + build <= FFT * fft_scale * t * _fft_work(fft_lengths)
 
 
 def circulant(x, c):
@@ -56,7 +57,7 @@ def ldr(x, g, h):
 
     r, n = g.shape
     length = good_size(2 * n - 1)
-    return _prefer_dense(x, n, n, [length] * (r + 1) + [n] * (r + 1))
+    return _prefer_dense(x, n, n, [length] * (r + 1) + [n] * (r + 1), build=2.0 * r * n**3)
 
 
 def kronecker(x, a, b):

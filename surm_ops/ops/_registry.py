@@ -69,12 +69,13 @@ def define(name: str, params: Sequence[str], out_features: Callable[..., int]) -
     return op
 
 
-def register_reference(name: str, fft_forward, fft_backward, materialise, dense_why_not=None) -> None:
-    """The two reference backends of an op: ``fft`` (structured) and ``dense`` (materialise M)."""
+def register_reference(name: str, fft_forward, fft_backward, materialise, adjoint, dense_why_not=None) -> None:
+    """The two reference backends of an op: ``fft`` (structured) and ``dense`` (materialise M; ``adjoint(gM,
+    *params)`` maps the gradient of M to the parameters' gradients)."""
     from surm_ops.reference import dense
 
     dispatch.register(name, "fft", dispatch.Impl(fft_forward, fft_backward))
     dispatch.register(name, "dense", dispatch.Impl(
         lambda x, *ps: dense.forward(materialise, x, ps),
-        lambda grad, x, *rest: dense.backward(materialise, grad, x, rest[:-1], rest[-1]),
+        lambda grad, x, *rest: dense.backward(materialise, adjoint, grad, x, rest[:-1], rest[-1]),
         dense_why_not))

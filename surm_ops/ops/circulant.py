@@ -18,7 +18,9 @@ def _out_features(x, c):
 
 _op = define(NAME, ["c"], _out_features)
 register_reference(NAME, fft.circulant_forward, fft.circulant_backward,
-                   lambda c: dense.block_circulant(c) if c.ndim == 3 else dense.circulant(c))
+                   lambda c: dense.block_circulant(c) if c.ndim == 3 else dense.circulant(c),
+                   lambda gm, c: [dense.block_circulant_adjoint(gm, c.shape) if c.ndim == 3
+                                  else dense.circulant_adjoint(gm)])
 dispatch.set_cost_model(NAME, _cost.circulant)
 
 

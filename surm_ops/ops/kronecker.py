@@ -12,7 +12,8 @@ from surm_ops.reference import dense, factored
 NAME = "kronecker_matmul"
 
 _op = define(NAME, ["a", "b"], lambda x, a, b: a.shape[0] * b.shape[0])
-register_reference(NAME, factored.kronecker_forward, factored.kronecker_backward, dense.kronecker)
+register_reference(NAME, factored.kronecker_forward, factored.kronecker_backward, dense.kronecker,
+                   dense.kronecker_adjoint)
 dispatch.set_cost_model(NAME, _cost.kronecker)
 
 

@@ -12,7 +12,7 @@ from surm_ops.reference import dense, fft
 NAME = "ldr_matmul"
 
 _op = define(NAME, ["g", "h"], lambda x, g, h: g.shape[-1])
-register_reference(NAME, fft.ldr_forward, fft.ldr_backward, dense.ldr)
+register_reference(NAME, fft.ldr_forward, fft.ldr_backward, dense.ldr, dense.ldr_adjoint)
 dispatch.set_cost_model(NAME, _cost.ldr)
 
 

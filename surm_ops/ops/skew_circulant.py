@@ -12,7 +12,8 @@ from surm_ops.reference import dense, fft
 NAME = "skew_circulant_matmul"
 
 _op = define(NAME, ["c"], lambda x, c: c.shape[-1])
-register_reference(NAME, fft.skew_circulant_forward, fft.skew_circulant_backward, dense.skew_circulant)
+register_reference(NAME, fft.skew_circulant_forward, fft.skew_circulant_backward, dense.skew_circulant,
+                   lambda gm, c: [dense.skew_circulant_adjoint(gm)])
 dispatch.set_cost_model(NAME, _cost.skew_circulant)
 
 

@@ -21,7 +21,7 @@ def _dense_why_not(x, u, s, v):
 
 _op = define(NAME, ["u", "s", "v"], lambda x, u, s, v: u.shape[0])
 register_reference(NAME, factored.svd_forward, factored.svd_backward,
-                   lambda u, s, v: dense.svd(u, s.reshape(-1), v), _dense_why_not)
+                   lambda u, s, v: dense.svd(u, s.reshape(-1), v), dense.svd_adjoint, _dense_why_not)
 dispatch.set_cost_model(NAME, _cost.svd)
 
 

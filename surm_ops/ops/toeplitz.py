@@ -12,7 +12,8 @@ from surm_ops.reference import dense, fft
 NAME = "toeplitz_matmul"
 
 _op = define(NAME, ["col", "row"], lambda x, col, row: col.shape[-1])
-register_reference(NAME, fft.toeplitz_forward, fft.toeplitz_backward, dense.toeplitz)
+register_reference(NAME, fft.toeplitz_forward, fft.toeplitz_backward, dense.toeplitz,
+                   lambda gm, col, row: dense.toeplitz_adjoint(gm))
 dispatch.set_cost_model(NAME, _cost.toeplitz)
 
 

@@ -23,6 +23,18 @@ def _from_diagonals(e: torch.Tensor, n_in: int) -> torch.Tensor:
     return e.flip(-1).unfold(-1, n_in, 1).flip(-2)
 
 
+def _diagonal_sums(gm: torch.Tensor) -> torch.Tensor:
+    """Adjoint of :func:`_from_diagonals`: ``out[..., d + n_in - 1] = sum over i - j = d of gm[..., i, j]``.
+
+    Flipping columns turns diagonals into anti-diagonals; padding each row with n_out zeros and re-reading the
+    buffer with rows one element shorter shifts row i right by i, so each anti-diagonal becomes a column.
+    """
+    n_out, n_in = gm.shape[-2:]
+    width = n_out + n_in - 1
+    flat = torch.nn.functional.pad(gm.flip(-1), (0, n_out)).flatten(-2)[..., :n_out * width]
+    return flat.reshape(*gm.shape[:-2], n_out, width).sum(-2)
+
+
 def circulant(c: torch.Tensor) -> torch.Tensor:
     """``M[i, j] = c[(i - j) mod n]`` (``scipy.linalg.circulant``).
 
@@ -50,9 +62,43 @@ def toeplitz(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
     return _from_diagonals(torch.cat([row[1:].flip(0), col]), row.shape[-1])
 
 
+def circulant_adjoint(gm: torch.Tensor) -> torch.Tensor:
+    """The gradient of c given the gradient of ``circulant(c)``: (..., n, n) -> (..., n)."""
+    ge = _diagonal_sums(gm)
+    n = gm.shape[-1]
+    gc = ge[..., n - 1:].clone()
+    gc[..., 1:] += ge[..., :n - 1]
+    return gc
+
+
+def block_circulant_adjoint(gm: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    p, q, b = shape
+    return circulant_adjoint(gm.reshape(p, b, q, b).permute(0, 2, 1, 3))
+
+
+def skew_circulant_adjoint(gm: torch.Tensor) -> torch.Tensor:
+    ge = _diagonal_sums(gm)
+    n = gm.shape[-1]
+    gc = ge[..., n - 1:].clone()
+    gc[..., 1:] -= ge[..., :n - 1]
+    return gc
+
+
+def toeplitz_adjoint(gm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ge = _diagonal_sums(gm)
+    n_in = gm.shape[-1]
+    return ge[n_in - 1:], torch.cat([ge.new_zeros(1), ge[:n_in - 1].flip(0)])
+
+
 def ldr(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``sum_i circulant(g[i]) @ skew_circulant(h[i])``. g, h: (r, n) -> (n, n)."""
     return (circulant(g) @ skew_circulant(h)).sum(0)
+
+
+def ldr_adjoint(gm: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of g and h given the gradient of ``ldr(g, h)``: each term C(g_i) S(h_i) is a product."""
+    return (circulant_adjoint(gm @ skew_circulant(h).mT),
+            skew_circulant_adjoint(circulant(g).mT @ gm))
 
 
 def kronecker(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -60,9 +106,21 @@ def kronecker(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.kron(a, b)
 
 
+def kronecker_adjoint(gm: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    g4 = gm.reshape(a.shape[0], b.shape[0], a.shape[1], b.shape[1])
+    return torch.einsum("puqv,uv->pq", g4, b), torch.einsum("puqv,pq->uv", g4, a)
+
+
 def svd(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``u @ diag(s) @ v.T``. u: (n_out, k), s: (k,), v: (n_in, k) -> (n_out, n_in)."""
     return (u * s) @ v.T
+
+
+def svd_adjoint(gm: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor):
+    gmv = gm @ v
+    gs = (gmv * u).sum(0)  # (k,); s itself may be (k,), (1, k) or a broadcast scalar
+    gs = gs.reshape(s.shape) if s.numel() == gs.numel() else gs.sum().reshape(s.shape)
+    return gmv * s, gs, gm.T @ (u * s)
 
 
 def forward(materialise: Callable[..., torch.Tensor], x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -72,18 +130,19 @@ def forward(materialise: Callable[..., torch.Tensor], x: torch.Tensor, params: S
     return (x.to(dt) @ m.T).to(x.dtype)
 
 
-def backward(materialise: Callable[..., torch.Tensor], grad: torch.Tensor, x: torch.Tensor,
-             params: Sequence[torch.Tensor], needs: Sequence[bool]) -> list[torch.Tensor | None]:
-    """Gradients of ``x @ M.T``: ``grad @ M`` for x; the materialisation's adjoint applied to ``grad^T x`` for
-    the parameters (M is linear in each parameter, so this is exact)."""
+def backward(materialise: Callable[..., torch.Tensor], adjoint: Callable[..., Sequence[torch.Tensor]],
+             grad: torch.Tensor, x: torch.Tensor, params: Sequence[torch.Tensor],
+             needs: Sequence[bool]) -> list[torch.Tensor | None]:
+    """Gradients of ``x @ M.T``: ``grad @ M`` for x; for the parameters, ``adjoint(grad^T x, *params)`` — the
+    transpose of the materialisation, which is linear in each parameter."""
     dt = compute_dtype(x, *params)
     params_dt = [p.to(dt) for p in params]
-    m, pullback = torch.func.vjp(materialise, *params_dt)
+    m = materialise(*params_dt)
     g = grad.to(dt)
     out: list[torch.Tensor | None] = [(g @ m).to(x.dtype) if needs[0] else None]
     if any(needs[1:]):
         gm = g.reshape(-1, m.shape[0]).T @ x.to(dt).reshape(-1, m.shape[1])
-        out += [gp.to(p.dtype) if need else None for gp, p, need in zip(pullback(gm), params, needs[1:])]
+        out += [gp.to(p.dtype) if need else None for gp, p, need in zip(adjoint(gm, *params_dt), params, needs[1:])]
     else:
         out += [None] * len(params)
     return out

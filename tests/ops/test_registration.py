@@ -129,3 +129,22 @@ def test_backward_saves_input_in_its_own_dtype():
     assert {(t.dtype, tuple(t.shape)) for t in saved} == {(torch.bfloat16, (64, 8)), (torch.float32, (8,))}
     y.sum().backward()
     assert x.grad.dtype == torch.bfloat16 and c.grad.dtype == torch.float32
+
+
+@pytest.mark.usefixtures("no_backend_env")
+@pytest.mark.parametrize("backend", ["fft", "dense"])
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=ids(OPCHECK_CASES))
+def test_eager_path_equals_registered_op(case, backend):
+    """Plain eager calls skip the custom-op machinery (an autograd.Function around the same functions); both
+    paths must give bit-identical values and gradients."""
+    if per_token(case) and backend == "dense":
+        pytest.skip("dense refuses per-token s by contract")
+    results = []
+    for via_op in (False, True):
+        x, params, _ = _op_args(case, backend)
+        args = (x, *params)
+        y = getattr(torch.ops.surm_ops, case.op)(*args, backend) if via_op else case.run(x, params, backend)
+        results.append((y, torch.autograd.grad(y.square().sum(), args)))
+    (y0, g0), (y1, g1) = results
+    assert torch.equal(y0, y1)
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))

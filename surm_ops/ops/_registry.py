@@ -80,6 +80,7 @@ def define(name: str, params: Sequence[str], out_features: Callable[..., int]) -
             return forward(x, *rest)
 
         @staticmethod
+        @torch.autograd.function.once_differentiable  # double backward raises instead of silently returning 0
         def backward(ctx, grad):
             tensors = ctx.saved_tensors
             needs = list(ctx.needs_input_grad[:len(tensors)])

@@ -148,3 +148,11 @@ def test_eager_path_equals_registered_op(case, backend):
     (y0, g0), (y1, g1) = results
     assert torch.equal(y0, y1)
     assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+
+
+def test_double_backward_raises_instead_of_returning_wrong_values():
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(surm_ops.circulant_matmul(x, c).square().sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(gx.sum(), [c])

@@ -17,16 +17,18 @@ def _skip_unsupported(case, backend):
         pytest.skip("dense refuses per-token s by contract; tested in test_dispatch")
 
 
-def _run_and_compare(case, backend, dtype, lead=(5,), seed=0):
+def _run_and_compare(case, backend, dtype, lead=(5,), seed=0, device="cpu"):
     param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    params = case.params(param_dtype, seed=seed, requires_grad=True)
-    x = case.x(lead, dtype, seed=seed + 1).requires_grad_()
+    params = [p.detach().to(device).requires_grad_() for p in case.params(param_dtype, seed=seed)]
+    x = case.x(lead, dtype, seed=seed + 1).to(device).requires_grad_()
     y = case.run(x, params, backend)
-    assert y.dtype == dtype
+    assert y.dtype == dtype and y.device == x.device
     grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 2), dtype=torch.float64).to(dtype)
-    got = torch.autograd.grad(y, [x, *params], grad)
+    got = torch.autograd.grad(y, [x, *params], grad.to(device))
     for g, t in zip(got, [x, *params]):
         assert g.dtype == t.dtype and g.shape == t.shape
+    # The oracle and the low-precision baseline are computed on the CPU.
+    y, got, x, params = y.cpu(), [g.cpu() for g in got], x.detach().cpu(), [p.detach().cpu() for p in params]
     y_ref, grads_ref = reference(case, x, params, grad)
     if dtype in HALF:
         base_y, base_gx = half_baseline(case, x.detach(), params, grad)
@@ -48,6 +50,20 @@ def _run_and_compare(case, backend, dtype, lead=(5,), seed=0):
 def test_matches_oracle(case, backend, dtype):
     _skip_unsupported(case, backend)
     _run_and_compare(case, backend, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.usefixtures("no_backend_env")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", SMALL + LARGE, ids=ids(SMALL + LARGE))
+def test_matches_oracle_on_gpu(case, backend, dtype):
+    """On a GPU: every backend that runs on CUDA tensors against the float64 CPU oracle."""
+    _skip_unsupported(case, backend)
+    if case in LARGE and backend == "dense" and case.op == "ldr_matmul":
+        pytest.skip("covered at small sizes; the dense LDR build is O(r n^3)")
+    _run_and_compare(case, backend, dtype, lead=(5,), device="cuda")
 
 
 @pytest.mark.usefixtures("no_backend_env")

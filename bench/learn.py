@@ -41,9 +41,10 @@ def methods(dim: int) -> list[tuple[str, str, dict]]:
         ("ldr r=1", "ldr", {"rank": 1}),
         ("ldr r=2", "ldr", {"rank": 2}),
         ("kronecker r=8", "kronecker", {"r": 8, "alpha": 8.0}),
-        ("rmlora r=1", "rmlora", {"r": 1, "alpha": 1.0, "random_rank": 1}),
+        ("rmlora r=1 (no masking step)", "rmlora", {"r": 1, "alpha": 1.0, "random_rank": 1}),
         ("condlora r=1", "condlora", {"r": 1, "alpha": 1.0}),
-        ("sara", "sara", {}),
+        ("sara (threshold 0.5)", "sara", {}),
+        ("sara rank=1", "sara", {"rank": 1}),
         ("mosara", "mosara", {}),
     ]
     return [row for row in rows if row[1] in METHODS]

@@ -22,13 +22,29 @@ from surm_ops.ops import (
 
 __version__ = "0.1.0"
 
+# After the ops and __version__: the adapter modules use both.
+from surm_ops.adapters import (  # noqa: E402
+    inject,
+    load_adapters,
+    merge,
+    parameter_report,
+    save_adapters,
+    unmerge,
+)
+
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
     "circulant_matmul",
+    "inject",
     "kronecker_matmul",
     "ldr_matmul",
+    "load_adapters",
+    "merge",
+    "parameter_report",
+    "save_adapters",
     "skew_circulant_matmul",
     "svd_matmul",
     "toeplitz_matmul",
+    "unmerge",
 ]

@@ -1,24 +1,35 @@
-"""Benchmark cases: the shapes each op is timed at, the providers timed on each, and the inputs they run on.
+"""Op microbenchmark cases: the shapes each op is timed at, on which device and dtype, the providers timed on
+each, and the inputs they run on. The layer-level cases are in bench/layers.py; bytes and FLOPs in bench/roofline.py.
 
-A case is one structured op at one shape, applied to ``x`` of shape ``(tokens, n_in)``. Its providers are
+A case is one structured op at one shape and dtype, applied to ``x`` of shape ``(tokens, n_in)``. Its providers:
 
-- the op's backends ``"fft"``, ``"dense"`` and ``"auto"`` (whatever :mod:`surm_ops.dispatch` picks), called through
-  the public function;
-- dense LoRA baselines ``"lora-r{r}"``: ``y = (x @ A.T) @ B.T`` with A ``(r, n_in)`` and B ``(n_out, r)``, at
-  r = 8, 16, 32 and at the rank with the op's parameter count, ``r = max(1, round(params / (n_in + n_out)))``.
+- every backend of :mod:`surm_ops.dispatch` that can run the case on the device (``fft`` and ``dense`` on CPU;
+  ``triton``/``cuda`` join on a GPU once they exist), called through the public function, and ``"auto"`` (whatever
+  dispatch picks);
+- dense LoRA ``"lora-r{r}"``: ``y = (x @ A.T) @ B.T`` with A ``(r, n_in)`` and B ``(n_out, r)``, at r = 8, 16, 32
+  and at the rank with the op's parameter count, ``r = max(1, round(params / (n_in + n_out)))``;
+- ``"peft-c3a"`` (circulant and block-circulant cases, when ``peft`` is importable): the update PEFT's C3A layer
+  computes, ``BlockCircularConvolution.apply(x.float(), kernel) / n_in`` cast back to x's dtype (a full circulant
+  is C3A with one block of size n).
 
-Modes: ``"fwd"`` is the forward under ``torch.no_grad()``; ``"full"`` is the forward with ``requires_grad`` on x and
-every parameter, then the backward of a fixed ``g``. The backward is ``torch.autograd.grad(y, leaves, g)``: the same
-work as ``y.backward(g)`` after ``zero_grad(set_to_none=True)``, without ``.grad`` accumulating between rounds.
+Modes (roofline.MODES): ``"fwd"`` is the forward under ``torch.no_grad()``; ``"bwd"`` the backward alone,
+``torch.autograd.grad(y, leaves, g, retain_graph=True)`` on a forward recorded once; ``"full"`` the forward with
+``requires_grad`` on x and every parameter, then the backward of a fixed g. ``autograd.grad`` does the same work as
+``y.backward(g)`` without ``.grad`` accumulating between rounds.
 
-Inputs are float32 and seeded: every provider of a case sees the same x and g, so ratios within a case compare like
-with like. Traffic and FLOPs are rough counts, documented at :meth:`Case.bytes_moved` and :meth:`Case.flops`.
+Dtypes: x and g in the case's dtype; the op's parameters and PEFT's kernel in float32 (the adapter convention,
+design §2.2), LoRA's factors in x's dtype (LoRA's fastest form). Inputs are seeded: every provider of a case sees
+the same x and g, so ratios within a case compare like with like.
 
-To add a case, append to :data:`CASES`; to add a provider, extend :meth:`Case.providers` and :func:`build`.
+Sets: on CPU the short default (256 tokens, float32, plus one bfloat16 case); on a GPU performance.md §3's shapes
+(16384 tokens, bfloat16 and float32, plus a 16-token call). ``SURM_BENCH_QUICK=1`` keeps three cases (smoke runs);
+``SURM_BENCH_DEVICE=cpu|cuda`` overrides the device (default: CUDA when available).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import math
 import os
 from collections.abc import Callable
@@ -27,26 +38,27 @@ from dataclasses import dataclass
 import torch
 
 import surm_ops
+from bench import roofline
 from surm_ops import dispatch
 
-TOKENS = 256
-"""Rows of x (B) for the CPU default set."""
-
-MODES = ("fwd", "full")
-BACKENDS = ("fft", "dense", "auto")
 LORA_RANKS = (8, 16, 32)
-BYTES_PER_ELEMENT = 4  # float32
 QUICK_ENV = "SURM_BENCH_QUICK"
+DEVICE_ENV = "SURM_BENCH_DEVICE"
+PEFT_OPS = ("circulant", "block_circulant")
 
 
-def _rfft(length: int) -> float:
-    """FLOPs of one real FFT: half of the classic 5 L log2 L of a complex one."""
-    return 2.5 * length * math.log2(max(length, 2))
+def quick() -> bool:
+    return os.environ.get(QUICK_ENV, "") not in ("", "0")
 
 
-def _conv_flops(length: int) -> float:
-    """Forward rfft, irfft and a complex multiply per frequency, per token (the filter's transform not counted)."""
-    return 2 * _rfft(length) + 6 * (length // 2 + 1)
+def device() -> torch.device:
+    """``SURM_BENCH_DEVICE`` if set, else CUDA when available, else CPU."""
+    name = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def peft_available() -> bool:
+    return importlib.util.find_spec("peft") is not None
 
 
 @dataclass(frozen=True)
@@ -56,14 +68,20 @@ class Case:
     n_in: int
     n_out: int
     param_shapes: tuple[tuple[int, ...], ...]  # the op's parameters, in the public function's argument order
+    flops_per_token: float                     # the op's forward FLOPs per token (roofline.py)
     detail: str = ""                           # what else fixes the shape: "b64", "r2", "k16", ...
-    flops_per_token: float | None = None       # structured forward FLOPs per token; None where not counted
-    tokens: int = TOKENS
+    tokens: int = 256
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def dtype_name(self) -> str:
+        return roofline.dtype_name(self.dtype)
 
     @property
     def id(self) -> str:
-        """Test-id fragment, e.g. ``block_circulant-768x768-b64``."""
-        return f"{self.name}-{self.n_in}x{self.n_out}" + (f"-{self.detail}" if self.detail else "")
+        """Test-id fragment, e.g. ``block_circulant-256x768x768-b64-float32``."""
+        return (f"{self.name}-{self.tokens}x{self.n_in}x{self.n_out}" + (f"-{self.detail}" if self.detail else "")
+                + f"-{self.dtype_name}")
 
     @property
     def shape(self) -> str:
@@ -80,163 +98,166 @@ class Case:
         """The LoRA rank with (about) the op's parameter count."""
         return max(1, round(self.params / (self.n_in + self.n_out)))
 
-    @property
-    def providers(self) -> tuple[str, ...]:
+    def providers(self, dev: torch.device) -> tuple[str, ...]:
+        x = torch.empty(1, self.n_in, device=dev, dtype=self.dtype)
+        params = [torch.empty(s, device=dev) for s in self.param_shapes]
+        backends = [b for b in dispatch.BACKENDS if not dispatch.reasons(self.fn, b, x, params)]
         ranks = sorted({*LORA_RANKS, self.lora_eq_rank})
-        return BACKENDS + tuple(f"lora-r{r}" for r in ranks)
+        peft = ("peft-c3a",) if self.name in PEFT_OPS and peft_available() else ()
+        return (*backends, "auto", *(f"lora-r{r}" for r in ranks), *peft)
 
     def provider_params(self, provider: str) -> int:
         """Trainable parameters of a provider: the op's, or LoRA's ``r * (n_in + n_out)``."""
         r = lora_rank(provider)
         return self.params if r is None else r * (self.n_in + self.n_out)
 
-    def bytes_moved(self, mode: str) -> int:
-        """Compulsory activation traffic in float32, parameters left out (they are small next to tokens x features):
-        fwd reads x and writes y; full adds the backward's read of g and x and write of grad x."""
-        t, b = self.tokens, BYTES_PER_ELEMENT
-        fwd = b * t * (self.n_in + self.n_out)
-        return fwd if mode == "fwd" else fwd + b * t * (self.n_out + 2 * self.n_in)
-
-    def flops(self, provider: str, mode: str) -> float | None:
-        """Forward FLOPs of the provider's math (structured count for fft/auto, ``2 n_in n_out`` per token for
-        dense, ``2 r (n_in + n_out)`` for LoRA); full is counted as 3x the forward. None where not counted."""
+    def bytes_moved(self, provider: str, mode: str) -> int:
         r = lora_rank(provider)
-        if r is not None:
-            per_token = 2.0 * r * (self.n_in + self.n_out)
-        elif provider == "dense":
-            per_token = 2.0 * self.n_in * self.n_out
-        else:
-            per_token = self.flops_per_token
-        if per_token is None:
-            return None
-        return per_token * self.tokens * (1 if mode == "fwd" else 3)
+        elem = self.dtype.itemsize
+        return roofline.op_bytes(self.tokens, self.n_in, self.n_out, elem, self.provider_params(provider),
+                                 4 if r is None else elem, mode)
+
+    def flops(self, provider: str, mode: str) -> float:
+        r = lora_rank(provider)
+        per_token = self.flops_per_token if r is None else roofline.lora_flops(self.n_in, self.n_out, r)
+        return roofline.op_flops(per_token, self.tokens, mode)
+
+    def with_(self, **changes) -> Case:
+        return dataclasses.replace(self, **changes)
 
 
 def lora_rank(provider: str) -> int | None:
-    """``8`` for ``"lora-r8"``; None for an op backend."""
+    """``8`` for ``"lora-r8"``; None for any other provider."""
     return int(provider.removeprefix("lora-r")) if provider.startswith("lora-r") else None
 
 
-def _circulant(n: int) -> Case:
-    return Case("circulant", "circulant_matmul", n, n, ((n,),), flops_per_token=_conv_flops(n))
+def circulant(n: int) -> Case:
+    return Case("circulant", "circulant_matmul", n, n, ((n,),), roofline.conv_flops(n))
 
 
-def _skew_circulant(n: int) -> Case:
-    # Counted as a circulant of length 2n (the zero-padded linear convolution it equals, up to signs).
-    return Case("skew_circulant", "skew_circulant_matmul", n, n, ((n,),), flops_per_token=_conv_flops(2 * n))
+def skew_circulant(n: int) -> Case:
+    return Case("skew_circulant", "skew_circulant_matmul", n, n, ((n,),), roofline.conv_flops(2 * n))
 
 
-def _block_circulant(n_out: int, n_in: int, b: int) -> Case:
+def block_circulant(n_out: int, n_in: int, b: int) -> Case:
     p, q = n_out // b, n_in // b
-    # q forward and p inverse transforms of length b, and a (p x q) complex matrix-vector product per frequency.
-    flops = (p + q) * _rfft(b) + 8 * p * q * (b // 2 + 1)
-    return Case("block_circulant", "circulant_matmul", n_in, n_out, ((p, q, b),), f"b{b}", flops)
+    return Case("block_circulant", "circulant_matmul", n_in, n_out, ((p, q, b),),
+                roofline.block_circulant_flops(p, q, b), f"b{b}")
 
 
-def _toeplitz(n_out: int, n_in: int) -> Case:
-    # Counted as the circulant embedding of length n_in + n_out.
-    return Case("toeplitz", "toeplitz_matmul", n_in, n_out, ((n_out,), (n_in,)),
-                flops_per_token=_conv_flops(n_in + n_out))
+def toeplitz(n_out: int, n_in: int) -> Case:
+    return Case("toeplitz", "toeplitz_matmul", n_in, n_out, ((n_out,), (n_in,)), roofline.conv_flops(n_in + n_out))
 
 
-def _ldr(n: int, r: int) -> Case:
-    return Case("ldr", "ldr_matmul", n, n, ((r, n), (r, n)), f"r{r}")  # FLOPs depend on the implementation
+def ldr(n: int, r: int) -> Case:
+    return Case("ldr", "ldr_matmul", n, n, ((r, n), (r, n)), roofline.ldr_flops(n, r), f"r{r}")
 
 
-def _kronecker(p: int, q: int, u: int, v: int) -> Case:
-    # a @ X @ b.T with X (q, v), in the cheaper order.
-    flops = 2 * min(p * v * (q + u), q * u * (v + p))
-    return Case("kronecker", "kronecker_matmul", q * v, p * u, ((p, q), (u, v)), f"{p}x{q}kron{u}x{v}", flops)
+def kronecker(p: int, q: int, u: int, v: int) -> Case:
+    return Case("kronecker", "kronecker_matmul", q * v, p * u, ((p, q), (u, v)), roofline.kronecker_flops(p, q, u, v),
+                f"{p}x{q}kron{u}x{v}")
 
 
-def _svd(n_out: int, n_in: int, k: int) -> Case:
-    return Case("svd", "svd_matmul", n_in, n_out, ((n_out, k), (k,), (n_in, k)), f"k{k}",
-                flops_per_token=2 * k * (n_in + n_out) + k)
+def svd(n_out: int, n_in: int, k: int) -> Case:
+    return Case("svd", "svd_matmul", n_in, n_out, ((n_out, k), (k,), (n_in, k)), roofline.svd_flops(n_in, n_out, k),
+                f"k{k}")
 
 
-CASES: tuple[Case, ...] = (
-    _circulant(64),
-    _circulant(768),
-    _block_circulant(768, 768, 64),
-    _skew_circulant(64),
-    _skew_circulant(768),
-    _toeplitz(768, 768),
-    _ldr(768, 2),
-    _kronecker(24, 32, 32, 24),
-    _svd(768, 768, 16),
-)
-"""The CPU default set."""
+_CPU_FP32 = (circulant(64), circulant(768), block_circulant(768, 768, 64), skew_circulant(64), skew_circulant(768),
+             toeplitz(768, 768), ldr(768, 2), kronecker(24, 32, 32, 24), svd(768, 768, 16))
+CPU_CASES: tuple[Case, ...] = (*_CPU_FP32, circulant(768).with_(dtype=torch.bfloat16))
+"""The CPU default: 256 tokens, float32, and the 768 circulant once more in bfloat16."""
 
-QUICK_IDS = ("circulant-64x64", "block_circulant-768x768-b64", "svd-768x768-k16")
-"""The cases kept when ``SURM_BENCH_QUICK=1`` (smoke testing)."""
+GPU_TOKENS = 16384
+_GPU_SHAPES = (circulant(1024), circulant(4096), circulant(8192), circulant(3072),
+               block_circulant(3072, 3072, 64), block_circulant(1024, 3072, 64), skew_circulant(4096),
+               toeplitz(4096, 4096), ldr(4096, 2), kronecker(64, 64, 64, 64), svd(4096, 4096, 16))
+GPU_CASES: tuple[Case, ...] = tuple(
+    c.with_(tokens=GPU_TOKENS, dtype=dt) for dt in (torch.bfloat16, torch.float32) for c in _GPU_SHAPES
+) + (circulant(4096).with_(tokens=16, dtype=torch.bfloat16),)
+"""performance.md §3: 16384 tokens, bfloat16 and float32; d = 3072 (a multiple of 64, not a power of two); C3A's
+block-circulant shapes; and a 16-token call (the small-batch target)."""
 
-
-def quick() -> bool:
-    return os.environ.get(QUICK_ENV, "") not in ("", "0")
-
-
-def selected() -> tuple[Case, ...]:
-    """The cases to run: all of :data:`CASES`, or the :data:`QUICK_IDS` ones in quick mode."""
-    return tuple(c for c in CASES if c.id in QUICK_IDS) if quick() else CASES
+QUICK_IDS = ("circulant-256x64x64-float32", "block_circulant-256x768x768-b64-float32", "svd-256x768x768-k16-float32",
+             "circulant-16384x4096x4096-bfloat16", "block_circulant-16384x3072x3072-b64-bfloat16",
+             "svd-16384x4096x4096-k16-bfloat16")
+"""The cases kept when ``SURM_BENCH_QUICK=1``: three per device."""
 
 
-def _randn(shape, seed: int) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+def selected(dev: torch.device | None = None) -> tuple[Case, ...]:
+    """The cases to run on ``dev`` (default :func:`device`): all, or the :data:`QUICK_IDS` ones in quick mode."""
+    dev = dev or device()
+    cases = GPU_CASES if dev.type == "cuda" else CPU_CASES
+    return tuple(c for c in cases if c.id in QUICK_IDS) if quick() else cases
 
 
-def inputs(case: Case, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-    """``(x, params, g)`` for a case: float32, seeded, identical for every provider of the case."""
-    x = _randn((case.tokens, case.n_in), seed)
-    params = [_randn(shape, seed + 1 + i) for i, shape in enumerate(case.param_shapes)]
-    g = _randn((case.tokens, case.n_out), seed + 100)
+def _randn(shape, seed: int, dev: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    return torch.randn(shape, generator=gen, device=dev, dtype=torch.float32).to(dtype)
+
+
+def inputs(case: Case, dev: torch.device, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """``(x, params, g)``: x and g in the case's dtype, the op's parameters in float32; seeded."""
+    x = _randn((case.tokens, case.n_in), seed, dev, case.dtype)
+    params = [_randn(shape, seed + 1 + i, dev) for i, shape in enumerate(case.param_shapes)]
+    g = _randn((case.tokens, case.n_out), seed + 100, dev, case.dtype)
     return x, params, g
 
 
-def lora_inputs(case: Case, r: int, seed: int = 0) -> list[torch.Tensor]:
-    """LoRA's ``[A (r, n_in), B (n_out, r)]`` (B random, not zero, so nothing is timed on zeros)."""
-    return [_randn((r, case.n_in), seed + 200) / math.sqrt(case.n_in),
-            _randn((case.n_out, r), seed + 201) / math.sqrt(r)]
+def lora_inputs(case: Case, r: int, dev: torch.device, seed: int = 0) -> list[torch.Tensor]:
+    """LoRA's ``[A (r, n_in), B (n_out, r)]`` in x's dtype (B random, not zero: nothing is timed on zeros)."""
+    return [_randn((r, case.n_in), seed + 200, dev).div(math.sqrt(case.n_in)).to(case.dtype),
+            _randn((case.n_out, r), seed + 201, dev).div(math.sqrt(r)).to(case.dtype)]
 
 
-def resolved_backend(case: Case, seed: int = 0) -> str:
+def resolved_backend(case: Case, dev: torch.device) -> str:
     """The backend ``"auto"`` runs for this case (honours ``SURM_BACKEND``)."""
-    x, params, _ = inputs(case, seed)
+    x, params, _ = inputs(case, dev)
     return dispatch.resolve(case.fn, "auto", x, params)
 
 
-def build(case: Case, provider: str, mode: str, seed: int = 0) -> Callable[[], object]:
-    """A zero-argument callable that runs ``provider`` on the case's inputs in ``mode`` (``"fwd"`` or ``"full"``)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    x, params, g = inputs(case, seed)
+def _peft_c3a(case: Case, params: list[torch.Tensor]) -> tuple[Callable[[torch.Tensor], torch.Tensor], list]:
+    from peft.tuners.c3a.utils import BlockCircularConvolution
+
+    kernel = params[0] if params[0].dim() == 3 else params[0].reshape(1, 1, -1).clone()
+
+    def forward(x):
+        return (BlockCircularConvolution.apply(x.to(torch.float32), kernel) / x.size(-1)).to(x.dtype)
+    return forward, [kernel]
+
+
+def build(case: Case, provider: str, mode: str, dev: torch.device, seed: int = 0) -> Callable[[], object]:
+    """A zero-argument callable that runs ``provider`` on the case's inputs in ``mode``."""
+    if mode not in roofline.MODES:
+        raise ValueError(f"mode must be one of {roofline.MODES}; got {mode!r}")
+    x, params, g = inputs(case, dev, seed)
     r = lora_rank(provider)
     if r is not None:
-        params = lora_inputs(case, r, seed)
+        params = lora_inputs(case, r, dev, seed)
 
-        def forward():
+        def forward(x):
             a, b = params
             return (x @ a.T) @ b.T
-    elif provider in BACKENDS:
+    elif provider == "peft-c3a":
+        if case.name not in PEFT_OPS:
+            raise ValueError(f"peft-c3a runs circulant and block-circulant cases only; got {case.id}")
+        forward, params = _peft_c3a(case, params)
+    elif provider == "auto" or provider in dispatch.BACKENDS:
         op = getattr(surm_ops, case.fn)
 
-        def forward():
+        def forward(x):
             return op(x, *params, backend=provider)
     else:
-        raise ValueError(f"unknown provider {provider!r} for {case.id}; expected one of {case.providers}")
+        raise ValueError(f"unknown provider {provider!r} for {case.id}")
 
     if mode == "fwd":
         def run():
             with torch.no_grad():
-                return forward()
+                return forward(x)
         return run
 
     leaves = [x.requires_grad_(), *(p.requires_grad_() for p in params)]
-
-    def run():
-        return torch.autograd.grad(forward(), leaves, g)
-    return run
-
-
-def callables(case: Case, seed: int = 0) -> dict[tuple[str, str], Callable[[], object]]:
-    """Every ``(provider, mode)`` of a case mapped to its callable."""
-    return {(p, m): build(case, p, m, seed) for p in case.providers for m in MODES}
+    if mode == "bwd":
+        y = forward(x)
+        return lambda: torch.autograd.grad(y, leaves, g, retain_graph=True)
+    return lambda: torch.autograd.grad(forward(x), leaves, g)

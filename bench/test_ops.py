@@ -1,9 +1,9 @@
-"""pytest-benchmark tests: every case x provider x mode of bench/cases.py.
+"""Op microbenchmarks: every case x provider x mode of bench/cases.py on the benchmark device.
 
-Run through ``python bench/run.py`` (timing settings, the results table and CSV), or directly::
+Run through ``python bench/run.py`` (timing settings, CSV, tables, plots), or directly::
 
-    python -m pytest bench -q                          # pytest-benchmark's default timing (~1 s per test)
-    SURM_BENCH_QUICK=1 python -m pytest bench -q       # smoke test: a few cases, a few rounds each
+    python -m pytest bench/test_ops.py -q                     # pytest-benchmark's default timing on CPU
+    SURM_BENCH_QUICK=1 python -m pytest bench/test_ops.py -q  # smoke test: a few cases, a few rounds each
 
 bench/ is outside the repo's ``testpaths``, so a bare ``pytest`` never runs these.
 """
@@ -11,47 +11,29 @@ bench/ is outside the repo's ``testpaths``, so a bare ``pytest`` never runs thes
 from __future__ import annotations
 
 import pytest
-import torch
 
-from bench import cases
+from bench import cases, roofline, timing
 
-CASES = cases.selected()
+DEVICE = cases.device()
+CASES = cases.selected(DEVICE)
 
 PARAMS = [
     pytest.param(case, provider, mode, id=f"{case.id}-{provider}-{mode}",
                  marks=pytest.mark.benchmark(group=f"{case.id} {mode}"))
     for case in CASES
-    for provider in case.providers
-    for mode in cases.MODES
+    for provider in case.providers(DEVICE)
+    for mode in roofline.MODES
 ]
 
 
 @pytest.mark.parametrize(("case", "provider", "mode"), PARAMS)
-def test_op(benchmark, case: cases.Case, provider: str, mode: str):
-    fn = cases.build(case, provider, mode)
-    benchmark.extra_info.update(
-        op=case.name,
-        fn=case.fn,
-        case=case.id,
-        case_index=CASES.index(case),
-        provider=provider,
-        provider_index=case.providers.index(provider),
-        backend=cases.resolved_backend(case) if provider == "auto" else provider,
-        mode=mode,
-        shape=case.shape,
-        tokens=case.tokens,
-        n_in=case.n_in,
-        n_out=case.n_out,
-        dtype="float32",
-        params=case.provider_params(provider),
-        op_params=case.params,
-        lora_eq_rank=case.lora_eq_rank,
-        bytes=case.bytes_moved(mode),
-        flops=case.flops(provider, mode),
-        torch=torch.__version__,
-        threads=torch.get_num_threads(),
-    )
-    if cases.quick():
-        benchmark.pedantic(fn, rounds=5, warmup_rounds=1, iterations=1)
-    else:
-        benchmark(fn)
+def test_op(benchmark, record_row, bench_device, case: cases.Case, provider: str, mode: str):
+    fn = cases.build(case, provider, mode, bench_device)
+    fields = {
+        "suite": "op", "op": case.name, "provider": provider, "mode": mode, "dtype": case.dtype_name,
+        "shape": case.shape, "backend": cases.resolved_backend(case, bench_device) if provider == "auto" else provider,
+        "params": case.provider_params(provider), "lora_eq_rank": case.lora_eq_rank,
+        "bytes": case.bytes_moved(provider, mode), "flops": case.flops(provider, mode),
+    }
+    benchmark.extra_info.update(fields)
+    record_row(fields, timing.measure(fn, bench_device, benchmark, cases.quick()))

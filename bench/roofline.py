@@ -1,0 +1,162 @@
+"""Roofline bookkeeping for every benchmark row: what is counted, the ceilings it is compared with, and × floor.
+
+This is the one place the counting is defined; bench/cases.py and bench/layers.py only call it.
+
+Notation: B tokens (rows of x), ``n_in``/``n_out`` the op's input/output features, ``e`` bytes per activation
+element (x's dtype: 4 for float32, 2 for bfloat16), ``P`` parameter elements and ``pe`` bytes per parameter element.
+
+**Bytes** (compulsory traffic: every tensor read or written once, nothing else; :func:`op_bytes`):
+
+- ``fwd``: read x, write y, read the parameters: ``e·B·(n_in + n_out) + pe·P``;
+- ``bwd``: read the output gradient g and x, write ∂x, read the parameters and write their gradients:
+  ``e·B·(n_out + 2·n_in) + 2·pe·P``;
+- ``full`` = fwd + bwd. At n_in = n_out = d in bfloat16 (parameters aside) that is performance.md's 4·B·d, 6·B·d
+  and 10·B·d.
+
+**FLOPs** (forward, per token, of the cheapest known algorithm for the *op*; :func:`op_flops`): a real FFT of
+length L counts ``2.5·L·log2 L`` (half the classic ``5·L·log2 L`` complex one); a circulant of length n is two
+of them plus a complex multiply per frequency, ``2·2.5·n·log2 n + 6·(n/2 + 1)`` (the filter's transform is not
+counted); skew-circulant counts as a circulant of length 2n (the zero-padded convolution it equals, up to signs);
+Toeplitz as one of length ``n_in + n_out``; block-circulant (p, q, b) as ``(p + q)`` length-b FFTs plus a
+(p × q) complex matrix-vector product per frequency, ``8·p·q·(b/2 + 1)``; LDR of rank r as r × (skew-circulant +
+circulant); Kronecker ``a X bᵀ`` in the cheaper order, ``2·min(p·v·(q + u), q·u·(v + p))``; SVD
+``2·k·(n_in + n_out) + k``; dense LoRA ``2·r·(n_in + n_out)``. Every provider of an op (its ``fft``, ``dense``,
+``auto`` backends, PEFT C3A) is charged the *op's* count, so a row's GFLOP/s is useful work per second and × floor
+ranks providers of one op directly (the ``dense`` backend's own ``2·n_in·n_out`` is not what it is credited with).
+Backward counts 2× the forward (∂x and ∂parameters each cost about one forward), ``full`` 3×.
+
+**Layers** (a frozen ``nn.Linear`` n_in → n_out, alone or with an adapter; :func:`layer_bytes`,
+:func:`layer_flops`): the floor is the frozen layer's, i.e. what a perfectly fused adapter would cost. Forward:
+read x and W0, write y, ``e·B·(n_in + n_out) + w·n_in·n_out`` bytes (w = bytes per weight element) and
+``2·B·n_in·n_out`` FLOPs; a training step adds the backward for ∂x (read g and W0, write ∂x):
+``e·B·(n_out + n_in) + w·n_in·n_out`` bytes and another ``2·B·n_in·n_out`` FLOPs. The adapter's own work is not
+added: for an O(n)-parameter update it is small next to the frozen GEMM, and the target (performance.md §3.5) is
+to cost no more than 1.10× the frozen layer.
+
+**Ceilings** (:func:`measure_ceilings`), measured in the same process, on the same device, right before the rows:
+
+- copy bandwidth: ``dst.copy_(src)`` of a buffer much larger than the last-level cache (256 MiB on GPU, 64 MiB on
+  CPU); bytes = read + written = 2 × the buffer; best of several timed copies;
+- matmul rate, per dtype: ``a @ b`` of two square n × n matrices (n = 8192 on GPU, 2048 on CPU), ``2·n³`` FLOPs;
+  best of several. A row uses the rate of its own dtype (fp32 rows: PyTorch's default fp32 matmul precision).
+
+**Floor and × floor**: ``floor = max(bytes / copy bandwidth, FLOPs / matmul rate)``; ``x_floor = median / floor``.
+The FFT's FLOPs run on vector units, not the matrix units the matmul rate measures, so the compute half of the
+floor is optimistic for FFT paths: a floor, never a target to beat. On CPU the small default shapes fit in cache,
+so rows can beat the DRAM copy bandwidth and show × floor < 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+MODES = ("fwd", "bwd", "full")
+_MODE_FLOPS = {"fwd": 1, "bwd": 2, "full": 3}
+
+
+def _rfft(length: int) -> float:
+    return 2.5 * length * math.log2(max(length, 2))
+
+
+def conv_flops(length: int) -> float:
+    """One circulant product of length ``length``: forward rfft, irfft and a complex multiply per frequency."""
+    return 2 * _rfft(length) + 6 * (length // 2 + 1)
+
+
+def block_circulant_flops(p: int, q: int, b: int) -> float:
+    return (p + q) * _rfft(b) + 8 * p * q * (b // 2 + 1)
+
+
+def ldr_flops(n: int, r: int) -> float:
+    return r * (conv_flops(2 * n) + conv_flops(n))
+
+
+def kronecker_flops(p: int, q: int, u: int, v: int) -> float:
+    return 2 * min(p * v * (q + u), q * u * (v + p))
+
+
+def svd_flops(n_in: int, n_out: int, k: int) -> float:
+    return 2 * k * (n_in + n_out) + k
+
+
+def lora_flops(n_in: int, n_out: int, r: int) -> float:
+    return 2.0 * r * (n_in + n_out)
+
+
+def op_flops(per_token_fwd: float, tokens: int, mode: str) -> float:
+    """The op's FLOPs for ``tokens`` rows in ``mode`` from its forward count per token."""
+    return per_token_fwd * tokens * _MODE_FLOPS[mode]
+
+
+def op_bytes(tokens: int, n_in: int, n_out: int, elem: int, params: int, param_elem: int, mode: str) -> int:
+    """Compulsory traffic of one op call (see the module docstring)."""
+    fwd = elem * tokens * (n_in + n_out) + param_elem * params
+    bwd = elem * tokens * (n_out + 2 * n_in) + 2 * param_elem * params
+    return {"fwd": fwd, "bwd": bwd, "full": fwd + bwd}[mode]
+
+
+def layer_bytes(tokens: int, n_in: int, n_out: int, elem: int, weight_elem: int, mode: str) -> int:
+    """The frozen layer's compulsory traffic; ``mode`` is ``fwd`` or ``full`` (a training step)."""
+    one_pass = elem * tokens * (n_in + n_out) + weight_elem * n_in * n_out
+    return one_pass * (1 if mode == "fwd" else 2)
+
+
+def layer_flops(tokens: int, n_in: int, n_out: int, mode: str) -> float:
+    return 2.0 * tokens * n_in * n_out * (1 if mode == "fwd" else 2)
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """Measured on one device in one run: copy bandwidth (GB/s, read + written) and matmul rate per dtype."""
+
+    copy_gbps: float
+    matmul_tflops: dict[str, float]
+
+    def floor_us(self, nbytes: float, flops: float | None, dtype: str) -> float:
+        mem = nbytes / (self.copy_gbps * 1e9)
+        rate = self.matmul_tflops.get(dtype)
+        compute = flops / (rate * 1e12) if flops and rate else 0.0
+        return max(mem, compute) * 1e6
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def measure_ceilings(device: torch.device, dtypes: tuple[torch.dtype, ...], best_of: Callable[..., float],
+                     small: bool = False) -> Ceilings:
+    """Copy bandwidth and matmul rates on ``device``; ``best_of(fn) -> seconds`` is the device's timer (bench/timing).
+
+    ``small`` shrinks the buffers (smoke tests): the numbers are then rough, cache-resident and flagged by the caller.
+    """
+    gpu = device.type == "cuda"
+    copy_bytes = (16 if small else 256 if gpu else 64) * 2**20
+    src = torch.randn(copy_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    copy_s = best_of(lambda: dst.copy_(src))
+    n = 512 if small else 8192 if gpu else 2048
+    rates = {}
+    for dt in dtypes:
+        a = torch.randn(n, n, device=device, dtype=dt)
+        b = torch.randn(n, n, device=device, dtype=dt)
+        rates[dtype_name(dt)] = 2 * n**3 / best_of(lambda a=a, b=b: a @ b) / 1e12
+    return Ceilings(copy_gbps=2 * copy_bytes / copy_s / 1e9, matmul_tflops=rates)
+
+
+def complete_row(fields: dict, timing, ceilings: Ceilings) -> dict:
+    """A result row: ``fields`` (bytes, flops, dtype, ...) plus the timing, the ceilings it is held against, and
+    the derived GB/s, GFLOP/s, floor and × floor."""
+    med = timing.median_s
+    floor = ceilings.floor_us(fields["bytes"], fields.get("flops"), fields["dtype"])
+    flops = fields.get("flops")
+    return {
+        **fields,
+        "median_us": med * 1e6, "p20_us": timing.p20_s * 1e6, "p80_us": timing.p80_s * 1e6, "timer": timing.timer,
+        "gbps": fields["bytes"] / med / 1e9, "gflops": flops / med / 1e9 if flops else None,
+        "floor_us": floor, "x_floor": med * 1e6 / floor,
+        "copy_gbps": ceilings.copy_gbps, "matmul_tflops": ceilings.matmul_tflops.get(fields["dtype"]),
+    }

@@ -34,12 +34,15 @@ class Impl:
 
     ``forward(x, *params) -> y``; ``backward(grad, x, *params, needs) -> grads`` returns one tensor (or ``None``
     where ``needs`` is False) per input; ``why_not(x, *params) -> list[str]`` lists call-specific reasons this
-    implementation cannot run (empty when it can).
+    implementation cannot run (empty when it can). ``skip_auto(x, *params) -> str | None`` says why automatic mode
+    should pass over a backend that *can* run the call (another one is predicted faster for this shape); a forced
+    backend ignores it.
     """
 
     forward: Callable[..., torch.Tensor]
     backward: Callable[..., Sequence[torch.Tensor | None]]
     why_not: Callable[..., list[str]] | None = None
+    skip_auto: Callable[..., str | None] | None = None
 
 
 _IMPLS: dict[str, dict[str, Impl]] = {}
@@ -53,6 +56,10 @@ def _triton_reasons() -> list[str]:
     except ImportError as err:
         return [f"triton is not importable ({err})"]
     return []
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def register(op: str, backend: str, impl: Impl) -> None:
@@ -78,8 +85,9 @@ def reasons(op: str, backend: str, x: torch.Tensor, params: Sequence[torch.Tenso
     """Why ``backend`` cannot run ``op`` on these arguments; an empty list means it can."""
     why = []
     impl = _IMPLS.get(op, {}).get(backend)
-    if backend in _GPU_BACKENDS and x.device.type != "cuda":
-        why.append(f"{backend} runs on CUDA tensors only; x is on {x.device}")
+    if backend in _GPU_BACKENDS and x.device.type != "cuda" and not (backend == "triton" and _interpreting()):
+        why.append(f"{backend} runs on CUDA tensors only; x is on {x.device}"
+                   + (" (or on CPU with TRITON_INTERPRET=1)" if backend == "triton" else ""))
     if backend == "triton":
         why += _triton_reasons()
     if backend == "cuda":
@@ -124,7 +132,7 @@ def choose_auto(op: str, x: torch.Tensor, params: Sequence[torch.Tensor]) -> str
     impls = _IMPLS[op]
     if x.device.type == "cuda":
         for name in _GPU_BACKENDS:
-            if name in impls and not reasons(op, name, x, params):
+            if name in impls and not reasons(op, name, x, params) and not _skipped(impls[name], x, params):
                 return name
     prefer_dense = _PREFER_DENSE.get(op)
     order = ("dense", "fft") if prefer_dense is not None and prefer_dense(x, *params) else ("fft", "dense")
@@ -133,6 +141,10 @@ def choose_auto(op: str, x: torch.Tensor, params: Sequence[torch.Tensor]) -> str
             return name
     raise BackendUnavailableError(f"{op}: no backend can run this call: " + "; ".join(
         f"{name}: {', '.join(reasons(op, name, x, params))}" for name in BACKENDS))
+
+
+def _skipped(impl: Impl, x: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
+    return impl.skip_auto is not None and impl.skip_auto(x, *params) is not None
 
 
 def available(op: str, x: torch.Tensor, params: Sequence[torch.Tensor]) -> dict[str, list[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost
+from surm_ops.ops import _cost, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, factored
 
@@ -15,6 +15,7 @@ _op = define(NAME, ["a", "b"], lambda x, a, b: a.shape[0] * b.shape[0])
 register_reference(NAME, factored.kronecker_forward, factored.kronecker_backward, dense.kronecker,
                    dense.kronecker_adjoint)
 dispatch.set_cost_model(NAME, _cost.kronecker)
+_triton.register(NAME, "kronecker")
 
 
 def kronecker_matmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, backend: str = "auto") -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost
+from surm_ops.ops import _cost, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, factored
 
@@ -23,6 +23,7 @@ _op = define(NAME, ["u", "s", "v"], lambda x, u, s, v: u.shape[0])
 register_reference(NAME, factored.svd_forward, factored.svd_backward,
                    lambda u, s, v: dense.svd(u, s.reshape(-1), v), dense.svd_adjoint, _dense_why_not)
 dispatch.set_cost_model(NAME, _cost.svd)
+_triton.register(NAME, "svd")
 
 
 def svd_matmul(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost
+from surm_ops.ops import _cost, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, fft
 
@@ -15,6 +15,7 @@ _op = define(NAME, ["col", "row"], lambda x, col, row: col.shape[-1])
 register_reference(NAME, fft.toeplitz_forward, fft.toeplitz_backward, dense.toeplitz,
                    lambda gm, col, row: dense.toeplitz_adjoint(gm))
 dispatch.set_cost_model(NAME, _cost.toeplitz)
+_triton.register(NAME, "toeplitz")
 
 
 def toeplitz_matmul(x: torch.Tensor, col: torch.Tensor, row: torch.Tensor | None = None,

@@ -35,12 +35,45 @@ def _diagonal_sums(gm: torch.Tensor) -> torch.Tensor:
     return flat.reshape(*gm.shape[:-2], n_out, width).sum(-2)
 
 
+def circulant_diagonals(c: torch.Tensor) -> torch.Tensor:
+    """The diagonals of ``circulant(c)`` (the layout of :func:`_from_diagonals`): (..., n) -> (..., 2n - 1)."""
+    return torch.cat([c[..., 1:], c], dim=-1)
+
+
+def circulant_diagonals_adjoint(ge: torch.Tensor) -> torch.Tensor:
+    """Adjoint of :func:`circulant_diagonals`: (..., 2n - 1) -> (..., n)."""
+    n = (ge.shape[-1] + 1) // 2
+    gc = ge[..., n - 1:].clone()
+    gc[..., 1:] += ge[..., :n - 1]
+    return gc
+
+
+def skew_circulant_diagonals(c: torch.Tensor) -> torch.Tensor:
+    return torch.cat([-c[..., 1:], c], dim=-1)
+
+
+def skew_circulant_diagonals_adjoint(ge: torch.Tensor) -> torch.Tensor:
+    n = (ge.shape[-1] + 1) // 2
+    gc = ge[..., n - 1:].clone()
+    gc[..., 1:] -= ge[..., :n - 1]
+    return gc
+
+
+def toeplitz_diagonals(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """(n_out,), (n_in,) -> (n_out + n_in - 1,); row[0] is not used."""
+    return torch.cat([row[1:].flip(0), col])
+
+
+def toeplitz_diagonals_adjoint(ge: torch.Tensor, n_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return ge[n_in - 1:].clone(), torch.cat([ge.new_zeros(1), ge[:n_in - 1].flip(0)])
+
+
 def circulant(c: torch.Tensor) -> torch.Tensor:
     """``M[i, j] = c[(i - j) mod n]`` (``scipy.linalg.circulant``).
 
     c: (..., n) -> (..., n, n) for a batch of circulants.
     """
-    return _from_diagonals(torch.cat([c[..., 1:], c], dim=-1), c.shape[-1])
+    return _from_diagonals(circulant_diagonals(c), c.shape[-1])
 
 
 def block_circulant(c: torch.Tensor) -> torch.Tensor:
@@ -51,7 +84,7 @@ def block_circulant(c: torch.Tensor) -> torch.Tensor:
 
 def skew_circulant(c: torch.Tensor) -> torch.Tensor:
     """``M[i, j] = c[i - j]`` if i >= j else ``-c[n + i - j]``. c: (..., n) -> (..., n, n)."""
-    return _from_diagonals(torch.cat([-c[..., 1:], c], dim=-1), c.shape[-1])
+    return _from_diagonals(skew_circulant_diagonals(c), c.shape[-1])
 
 
 def toeplitz(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
@@ -59,16 +92,12 @@ def toeplitz(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
 
     col: (n_out,), row: (n_in,) -> (n_out, n_in).
     """
-    return _from_diagonals(torch.cat([row[1:].flip(0), col]), row.shape[-1])
+    return _from_diagonals(toeplitz_diagonals(col, row), row.shape[-1])
 
 
 def circulant_adjoint(gm: torch.Tensor) -> torch.Tensor:
     """The gradient of c given the gradient of ``circulant(c)``: (..., n, n) -> (..., n)."""
-    ge = _diagonal_sums(gm)
-    n = gm.shape[-1]
-    gc = ge[..., n - 1:].clone()
-    gc[..., 1:] += ge[..., :n - 1]
-    return gc
+    return circulant_diagonals_adjoint(_diagonal_sums(gm))
 
 
 def block_circulant_adjoint(gm: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -77,17 +106,11 @@ def block_circulant_adjoint(gm: torch.Tensor, shape: torch.Size) -> torch.Tensor
 
 
 def skew_circulant_adjoint(gm: torch.Tensor) -> torch.Tensor:
-    ge = _diagonal_sums(gm)
-    n = gm.shape[-1]
-    gc = ge[..., n - 1:].clone()
-    gc[..., 1:] -= ge[..., :n - 1]
-    return gc
+    return skew_circulant_diagonals_adjoint(_diagonal_sums(gm))
 
 
 def toeplitz_adjoint(gm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    ge = _diagonal_sums(gm)
-    n_in = gm.shape[-1]
-    return ge[n_in - 1:], torch.cat([ge.new_zeros(1), ge[:n_in - 1].flip(0)])
+    return toeplitz_diagonals_adjoint(_diagonal_sums(gm), gm.shape[-1])
 
 
 def ldr(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

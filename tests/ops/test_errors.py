@@ -109,6 +109,9 @@ def test_unknown_backend_name(backend):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_forced_gpu_backend_on_cpu_lists_reasons(backend, monkeypatch):
     monkeypatch.delenv("SURM_BACKEND", raising=False)
+    # The suite's interpreter lets triton run on CPU; toggling TRITON_INTERPRET itself after triton's import would
+    # leave triton half-configured, so the dispatch's view of it is patched instead.
+    monkeypatch.setattr("surm_ops.dispatch._interpreting", lambda: False)
     with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' .* runs on CUDA tensors only; x is on cpu"):
         surm_ops.circulant_matmul(X8, torch.randn(8), backend=backend)
 

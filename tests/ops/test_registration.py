@@ -22,7 +22,7 @@ def _op_args(case, backend):
 
 
 @pytest.mark.usefixtures("no_backend_env")
-@pytest.mark.parametrize("backend", ["fft", "dense", "auto"])
+@pytest.mark.parametrize("backend", ["fft", "dense", "triton", "auto"])
 @pytest.mark.parametrize("case", OPCHECK_CASES, ids=ids(OPCHECK_CASES))
 def test_opcheck_forward(case, backend):
     if per_token(case) and backend == "dense":
@@ -32,15 +32,16 @@ def test_opcheck_forward(case, backend):
 
 
 @pytest.mark.usefixtures("no_backend_env")
+@pytest.mark.parametrize("backend", ["fft", "triton"])
 @pytest.mark.parametrize("needs", ["all", "x-only", "params-only"])
 @pytest.mark.parametrize("case", OPCHECK_CASES, ids=ids(OPCHECK_CASES))
-def test_opcheck_backward(case, needs):
-    x, params, _ = _op_args(case, "fft")
+def test_opcheck_backward(case, needs, backend):
+    x, params, _ = _op_args(case, backend)
     grad = torch.randn(*x.shape[:-1], getattr(surm_ops, case.op)(x, *params).shape[-1], dtype=torch.float64)
     mask = {"all": [True] * (1 + len(params)), "x-only": [True] + [False] * len(params),
             "params-only": [False] + [True] * len(params)}[needs]
     op = getattr(torch.ops.surm_ops, f"{case.op}_backward").default
-    torch.library.opcheck(op, (grad, x.detach(), *[p.detach() for p in params], "fft", mask))
+    torch.library.opcheck(op, (grad, x.detach(), *[p.detach() for p in params], backend, mask))
 
 
 def _all_ops(x8, x12, ps):
@@ -106,12 +107,21 @@ def test_environment_backend_used_at_run_time(monkeypatch):
     assert calls == ["fft"]
 
 
-def test_available_reports_every_backend():
-    report = dispatch.available("circulant_matmul", torch.randn(2, 8), [torch.randn(8)])
+def test_available_reports_every_backend(monkeypatch):
+    args = ("circulant_matmul", torch.randn(2, 8), [torch.randn(8)])
+    report = dispatch.available(*args)
     assert set(report) == set(surm_ops.BACKENDS)
     assert report["fft"] == [] and report["dense"] == []
-    assert any("CUDA tensors only" in r for r in report["triton"])
+    assert report["triton"] == []  # CPU tensors run through the interpreter (TRITON_INTERPRET=1 in this suite)
     assert any("CUDA tensors only" in r for r in report["cuda"])
+    monkeypatch.setattr("surm_ops.dispatch._interpreting", lambda: False)
+    assert any("CUDA tensors only" in r and "TRITON_INTERPRET=1" in r for r in dispatch.available(*args)["triton"])
+
+
+def test_auto_never_picks_triton_for_cpu_tensors():
+    """The interpreter is for tests: automatic mode on CPU still chooses between fft and dense."""
+    for n in (16, 4096):
+        assert dispatch.resolve("circulant_matmul", "auto", torch.randn(4, n), [torch.randn(n)]) in ("fft", "dense")
 
 
 def test_backward_saves_input_in_its_own_dtype():

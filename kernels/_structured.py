@@ -1,0 +1,271 @@
+"""Shared Triton machinery of the structured products: tiles of M generated on the fly and fed to ``tl.dot``.
+
+Two kernels serve every Toeplitz-family op (circulant, block-circulant, skew-circulant, Toeplitz, LDR), the
+Kronecker product and the fused adapted linear layer:
+
+``structured_mm``  ``y = x @ (W + scale * M)^T (+ bias)`` with M's (BLOCK_K x BLOCK_N) tiles built in registers from
+    the parameters (``W`` and ``bias`` optional). x is read once per output tile column; M never touches HBM. The
+    same kernel gives ``grad_x = grad_y @ M`` with the transposed generator.
+``diag_corr``      the parameter gradient of a (block-)Toeplitz M: sums of ``grad_y^T x`` along each diagonal of
+    each block. Tiles on one block-diagonal share their diagonals, so each program accumulates one block-diagonal
+    over a slice of the tokens with ``tl.dot`` into one (T x T) tile; the tiles are written to a buffer and folded
+    to diagonals in a fixed order on the host side (deterministic: no atomics).
+
+A (block-)Toeplitz M is described by its diagonals ``e: (p, q, bo + bi - 1)``: block (P, Q) is bo x bi and
+``M[P*bo + i, Q*bi + j] = e[P, Q, i - j + bi - 1]`` (:func:`surm_ops.reference.dense._from_diagonals`). A plain
+Toeplitz matrix is p = q = 1; a circulant is a Toeplitz matrix with ``e = cat(c[1:], c)``.
+
+Numerics: inputs are upcast right after loading (the interpreter computes bfloat16 wrongly); the product runs on
+tensor cores in x's half dtype when x is half (as a plain low-precision matmul would; design.md's accuracy bar),
+in float32 with IEEE precision otherwise, accumulating in float32 (float64 for float64 inputs).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from surm_ops.reference.dense import _diagonal_sums
+
+TOEPLITZ = 0
+KRONECKER = 1
+
+_TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+             torch.float64: tl.float64}
+
+
+def interpreting() -> bool:
+    """Whether Triton runs through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def dot_dtype(*inputs: torch.Tensor, acc: torch.dtype) -> tl.dtype:
+    """The operand dtype of ``tl.dot``: x's half dtype when every streamed input shares it (tensor cores, the
+    precision of a plain half matmul), else the accumulator's. The interpreter multiplies half values wrongly, so
+    it always gets the accumulator's dtype."""
+    dts = {t.dtype for t in inputs}
+    if len(dts) == 1 and next(iter(dts)) in (torch.float16, torch.bfloat16) and not interpreting():
+        return _TL_DTYPE[next(iter(dts))]
+    return _TL_DTYPE[acc]
+
+
+@dataclass(frozen=True)
+class Toeplitz:
+    """The diagonals of a block-Toeplitz M, stacked over ``groups``: e (groups, p, q, bo + bi - 1), contiguous."""
+
+    e: torch.Tensor
+    bo: int
+    bi: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.e.shape[1] * self.bo, self.e.shape[2] * self.bi
+
+    def transposed(self) -> Toeplitz:
+        """The generator of M^T: block (Q, P) of M^T is the transpose of block (P, Q), whose diagonals reverse."""
+        return Toeplitz(self.e.transpose(1, 2).flip(-1).contiguous(), self.bi, self.bo)
+
+
+@dataclass(frozen=True)
+class Kronecker:
+    """``M = kron(a, b)``: a (p, q), b (u, v), contiguous."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.a.shape[0] * self.b.shape[0], self.a.shape[1] * self.b.shape[1]
+
+    def transposed(self) -> Kronecker:
+        return Kronecker(self.a.T.contiguous(), self.b.T.contiguous())
+
+
+@triton.jit
+def _m_tile(e_ptr, a_ptr, b_ptr, offs_n, offs_k, n_out, n_in, q, bo, bi, u, v, GEN: tl.constexpr):
+    """The (BLOCK_K x BLOCK_N) tile of M^T at inputs ``offs_k`` and outputs ``offs_n`` (zero outside M)."""
+    i = offs_n[None, :]
+    j = offs_k[:, None]
+    mask = (i < n_out) & (j < n_in)
+    if GEN == 0:
+        idx = ((i // bo) * q + j // bi) * (bo + bi - 1) + (i % bo) - (j % bi) + (bi - 1)
+        tile = tl.load(e_ptr + idx, mask=mask, other=0.0)
+    else:
+        tile = (tl.load(a_ptr + (i // u) * q + j // v, mask=mask, other=0.0)
+                * tl.load(b_ptr + (i % u) * v + j % v, mask=mask, other=0.0))
+    return tile
+
+
+@triton.jit
+def structured_mm_kernel(
+        x_ptr, e_ptr, a_ptr, b_ptr, w_ptr, bias_ptr, y_ptr,
+        n_tok, n_out, n_in, q, bo, bi, u, v,
+        stride_xg, stride_xgi, stride_xm, stride_eg, stride_egi, stride_wn, stride_wk, stride_yg, stride_ym,
+        scale,
+        G_IN: tl.constexpr, GEN: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+        ACC: tl.constexpr, DOT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``y[g] = sum_gi x[g, gi] @ (W + scale * M[g, gi])^T + bias``; grid (token blocks, output blocks, g)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_g = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for gi in range(G_IN):
+        x_base = x_ptr + pid_g * stride_xg + gi * stride_xgi
+        e_base = e_ptr + pid_g * stride_eg + gi * stride_egi
+        for k0 in range(0, n_in, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            xt = tl.load(x_base + offs_m[:, None] * stride_xm + offs_k[None, :],
+                         mask=(offs_m[:, None] < n_tok) & (offs_k[None, :] < n_in), other=0.0).to(ACC)
+            mt = _m_tile(e_base, a_ptr, b_ptr, offs_n, offs_k, n_out, n_in, q, bo, bi, u, v, GEN).to(ACC)
+            if HAS_W:
+                wt = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk,
+                             mask=(offs_n[None, :] < n_out) & (offs_k[:, None] < n_in), other=0.0).to(ACC)
+                mt = wt + scale * mt
+            if DOT == ACC:
+                acc = tl.dot(xt, mt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(xt.to(DOT), mt.to(DOT), acc)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=offs_n < n_out, other=0.0).to(ACC)[None, :]
+    tl.store(y_ptr + pid_g * stride_yg + offs_m[:, None] * stride_ym + offs_n[None, :],
+             acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < n_tok) & (offs_n[None, :] < n_out))
+
+
+@triton.jit
+def diag_corr_kernel(
+        gy_ptr, x_ptr, out_ptr,
+        n_tok, q, bo, bi, chunk,
+        stride_gyg, stride_gym, stride_xg, stride_xm, stride_og,
+        ACC: tl.constexpr, DOT: tl.constexpr, T: tl.constexpr, BLOCK_B: tl.constexpr):
+    """One (T x T) tile: the sum of ``gy[:, rows]^T @ x[:, cols]`` over the tiles (rows, cols) of one block-diagonal
+    of block (P, Q), over one slice of the tokens. Grid (p * q * n_diagonals, token slices, groups)."""
+    pid = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_g = tl.program_id(2)
+    n_ti = tl.cdiv(bo, T)
+    n_tj = tl.cdiv(bi, T)
+    n_diag = n_ti + n_tj - 1
+    block = pid // n_diag
+    delta = pid % n_diag - (n_tj - 1)
+    row0 = (block // q) * bo
+    col0 = (block % q) * bi
+    tok_lo = pid_s * chunk
+    tok_hi = tl.minimum(n_tok, tok_lo + chunk)
+    offs_t = tl.arange(0, T)
+    acc = tl.zeros((T, T), dtype=ACC)
+    for ti in range(tl.maximum(0, delta), tl.minimum(n_ti, n_tj + delta)):
+        rows = ti * T + offs_t
+        cols = (ti - delta) * T + offs_t
+        for t0 in range(tok_lo, tok_hi, BLOCK_B):
+            toks = t0 + tl.arange(0, BLOCK_B)
+            g = tl.load(gy_ptr + pid_g * stride_gyg + toks[:, None] * stride_gym + (row0 + rows)[None, :],
+                        mask=(toks[:, None] < tok_hi) & (rows[None, :] < bo), other=0.0).to(ACC)
+            xt = tl.load(x_ptr + pid_g * stride_xg + toks[:, None] * stride_xm + (col0 + cols)[None, :],
+                         mask=(toks[:, None] < tok_hi) & (cols[None, :] < bi), other=0.0).to(ACC)
+            if DOT == ACC:
+                acc = tl.dot(tl.trans(g), xt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(tl.trans(g.to(DOT)), xt.to(DOT), acc)
+    tl.store(out_ptr + pid_g * stride_og + (pid * tl.num_programs(1) + pid_s) * T * T
+             + offs_t[:, None] * T + offs_t[None, :], acc)
+
+
+def rows(t: torch.Tensor) -> torch.Tensor:
+    """t (..., n) as a contiguous (tokens, n) matrix, the layout every launcher takes."""
+    return t.reshape(-1, t.shape[-1]).contiguous()
+
+
+def _mm_blocks(n_tok: int) -> tuple[int, int, int]:
+    # Fixed, untuned choices (no GPU has timed them yet): 16-row tiles for decode-sized batches keep one launch
+    # cheap; tl.dot needs every tile dimension >= 16 on a GPU.
+    return (16 if n_tok <= 16 else 64), 64, 32
+
+
+def structured_mm(x: torch.Tensor, gen: Toeplitz | Kronecker, out_dtype: torch.dtype, *,
+                  groups_out: int = 1, sum_groups: bool = False, weight: torch.Tensor | None = None,
+                  bias: torch.Tensor | None = None, scale: float = 1.0, acc: torch.dtype = torch.float32
+                  ) -> torch.Tensor:
+    """``x @ (weight + scale * M)^T + bias`` for x (tokens, n_in) -> (tokens, n_out).
+
+    Groups (LDR's r terms, Toeplitz generators only): with ``groups_out = r`` and x 2-D, returns (r, tokens, n_out),
+    ``y[g] = x @ M[g]^T``; with ``sum_groups`` and x (r, tokens, n_in), returns ``sum_g x[g] @ M[g]^T``.
+    """
+    n_out, n_in = gen.shape
+    xs = x if x.ndim == 3 else x.unsqueeze(0)
+    assert xs.stride(-1) == 1
+    n_tok = xs.shape[1]
+    g_out = 1 if sum_groups else groups_out
+    g_in = xs.shape[0] if sum_groups else 1
+    y = torch.empty(g_out, n_tok, n_out, device=x.device, dtype=out_dtype)
+    if isinstance(gen, Toeplitz):
+        e, a, b = gen.e, gen.e, gen.e
+        p, q = gen.e.shape[1:3]
+        geom = (q, gen.bo, gen.bi, 1, 1)
+        stride_eg = gen.e.stride(0) if gen.e.shape[0] > 1 else 0
+        se = (0, stride_eg) if sum_groups else (stride_eg, 0)
+        kind = TOEPLITZ
+    else:
+        e, a, b = gen.a, gen.a, gen.b
+        geom = (gen.a.shape[1], 1, 1, gen.b.shape[0], gen.b.shape[1])
+        se = (0, 0)
+        kind = KRONECKER
+    sx = (0, xs.stride(0)) if sum_groups else (0, 0)
+    w = weight if weight is not None else e
+    block_m, block_n, block_k = _mm_blocks(n_tok)
+    grid = (triton.cdiv(n_tok, block_m), triton.cdiv(n_out, block_n), g_out)
+    structured_mm_kernel[grid](
+        xs, e, a, b, w, bias if bias is not None else e, y,
+        n_tok, n_out, n_in, *geom,
+        *sx, xs.stride(1), *se, w.stride(0) if weight is not None else 0, w.stride(1) if weight is not None else 0,
+        y.stride(0), y.stride(1), float(scale),
+        G_IN=g_in, GEN=kind, HAS_W=weight is not None, HAS_BIAS=bias is not None,
+        ACC=_TL_DTYPE[acc], DOT=dot_dtype(x, *(() if weight is None else (weight,)), acc=acc),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    return y if groups_out > 1 else y[0]
+
+
+def _tile(bo: int, bi: int, blocked: bool) -> int:
+    """The diagonal tile: as large as tensor cores like, and dividing the blocks when there are several."""
+    for t in (64, 32, 16):
+        if (bo % t == 0 and bi % t == 0) or (not blocked and min(bo, bi) >= t):
+            return t
+    return 16
+
+
+def diag_corr(gy: torch.Tensor, x: torch.Tensor, p: int, q: int, bo: int, bi: int,
+              acc: torch.dtype = torch.float32) -> torch.Tensor:
+    """Diagonal sums of ``gy^T x`` per block: gy (tokens, p*bo) or (g, tokens, p*bo), x likewise with q*bi
+    (either may be 2-D and shared by the groups) -> (g, p, q, bo + bi - 1) in ``acc``."""
+    groups = max(gy.shape[0] if gy.ndim == 3 else 1, x.shape[0] if x.ndim == 3 else 1)
+    gys = gy if gy.ndim == 3 else gy.unsqueeze(0)
+    xs = x if x.ndim == 3 else x.unsqueeze(0)
+    assert gys.stride(-1) == 1 and xs.stride(-1) == 1
+    n_tok = xs.shape[1]
+    t = _tile(bo, bi, p * q > 1)
+    n_ti, n_tj = triton.cdiv(bo, t), triton.cdiv(bi, t)
+    n_diag = n_ti + n_tj - 1
+    block_b = 32
+    # Enough token slices to fill a GPU several times over, never slices shorter than one token block.
+    slices = max(1, min(triton.cdiv(n_tok, block_b), triton.cdiv(512, p * q * n_diag * groups)))
+    chunk = triton.cdiv(triton.cdiv(n_tok, slices), block_b) * block_b
+    slices = triton.cdiv(n_tok, chunk)
+    part = torch.empty(groups, p * q * n_diag, slices, t, t, device=x.device, dtype=acc)
+    diag_corr_kernel[(p * q * n_diag, slices, groups)](
+        gys, xs, part, n_tok, q, bo, bi, chunk,
+        gys.stride(0) if gys.shape[0] > 1 else 0, gys.stride(1),
+        xs.stride(0) if xs.shape[0] > 1 else 0, xs.stride(1), part.stride(0),
+        ACC=_TL_DTYPE[acc], DOT=dot_dtype(gy, x, acc=acc), T=t, BLOCK_B=block_b)
+    # Fold: tile diagonals -> block-diagonal vectors (stride t, length 2t - 1, overlapping by t - 1).
+    sums = torch.nn.functional.pad(_diagonal_sums(part.sum(2)), (0, 1)).reshape(groups, p * q, n_diag, 2, t)
+    folded = sums.new_zeros(groups, p * q, n_diag + 1, t)
+    folded[:, :, :-1] += sums[:, :, :, 0]
+    folded[:, :, 1:] += sums[:, :, :, 1]
+    start = n_tj * t - bi  # masked columns of the last partial tile shift the origin
+    return folded.reshape(groups, p, q, -1)[..., start:start + bo + bi - 1]

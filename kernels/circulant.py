@@ -1,0 +1,34 @@
+"""Triton backend of ``circulant_matmul`` (square and block): the circulant as a (block-)Toeplitz generator."""
+
+from __future__ import annotations
+
+import torch
+
+from surm_ops._validate import compute_dtype
+from surm_ops.kernels._structured import Toeplitz, diag_corr, rows, structured_mm
+from surm_ops.reference.dense import circulant_diagonals, circulant_diagonals_adjoint
+
+
+def generator(c: torch.Tensor, dt: torch.dtype) -> Toeplitz:
+    """c (n,) or (p, q, b) -> the tile generator of M in dtype ``dt``."""
+    e = circulant_diagonals(c.to(dt))
+    return Toeplitz(e.reshape(1, *c.shape[:-1] or (1, 1), -1).contiguous(), c.shape[-1], c.shape[-1])
+
+
+def forward(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    dt = compute_dtype(x, c)
+    gen = generator(c, dt)
+    return structured_mm(rows(x), gen, x.dtype, acc=dt).reshape(*x.shape[:-1], gen.shape[0])
+
+
+def backward(grad, x, c, needs):
+    dt = compute_dtype(x, c)
+    gen = generator(c, dt)
+    g2 = rows(grad)
+    gx = structured_mm(g2, gen.transposed(), x.dtype, acc=dt).reshape(x.shape) if needs[0] else None
+    gc = None
+    if needs[1]:
+        p, q = gen.e.shape[1:3]
+        ge = diag_corr(g2, rows(x), p, q, gen.bo, gen.bi, acc=dt)[0]
+        gc = circulant_diagonals_adjoint(ge).reshape(c.shape).to(c.dtype)
+    return [gx, gc]

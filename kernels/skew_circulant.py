@@ -1,0 +1,32 @@
+"""Triton backend of ``skew_circulant_matmul``: a Toeplitz generator with diagonals ``cat(-c[1:], c)``."""
+
+from __future__ import annotations
+
+import torch
+
+from surm_ops._validate import compute_dtype
+from surm_ops.kernels._structured import Toeplitz, diag_corr, rows, structured_mm
+from surm_ops.reference.dense import skew_circulant_diagonals, skew_circulant_diagonals_adjoint
+
+
+def generator(c: torch.Tensor, dt: torch.dtype) -> Toeplitz:
+    """c (..., n) -> the generator of M (a group per leading index), in dtype ``dt``."""
+    n = c.shape[-1]
+    return Toeplitz(skew_circulant_diagonals(c.to(dt)).reshape(-1, 1, 1, 2 * n - 1).contiguous(), n, n)
+
+
+def forward(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    dt = compute_dtype(x, c)
+    return structured_mm(rows(x), generator(c, dt), x.dtype, acc=dt).reshape(x.shape)
+
+
+def backward(grad, x, c, needs):
+    dt = compute_dtype(x, c)
+    gen = generator(c, dt)
+    g2 = rows(grad)
+    gx = structured_mm(g2, gen.transposed(), x.dtype, acc=dt).reshape(x.shape) if needs[0] else None
+    gc = None
+    if needs[1]:
+        n = c.shape[-1]
+        gc = skew_circulant_diagonals_adjoint(diag_corr(g2, rows(x), 1, 1, n, n, acc=dt)[0, 0, 0]).to(c.dtype)
+    return [gx, gc]

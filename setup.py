@@ -1,16 +1,36 @@
 """Build script: the Python packages always, the CUDA extension `surm_ops._C` only where it can be built.
 
 Metadata lives in pyproject.toml. This file exists for what pyproject.toml cannot say: mapping the top-level
-`kernels/` directory to `surm_ops.kernels`, and deciding at build time whether to compile csrc/.
+`kernels/` directory to `surm_ops.kernels`, shipping csrc/ inside the package as `surm_ops/csrc` (the sources of
+the JIT build, surm_ops/_extension.py), a local version tag for CUDA wheels, and deciding at build time whether to
+compile csrc/.
 """
 
 import os
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_ARCHS = "8.0;9.0"
+CSRC_PATTERNS = ["*.cu", "*.cpp", "*.h", "*.cuh", "README.md"]
+
+
+def _csrc_package_data() -> list[str]:
+    """csrc/ files relative to csrc/, for the `surm_ops.csrc` data package (it has no __init__.py on purpose)."""
+    return sorted(str(p.relative_to(ROOT / "csrc")) for pat in CSRC_PATTERNS for p in (ROOT / "csrc").rglob(pat))
+
+
+def _version_kwargs() -> dict:
+    """SURM_LOCAL_VERSION=cu130torch2.11 makes the version 0.1.0+cu130torch2.11 (scripts/build_wheel.sh sets it).
+    Through egg_info's tag_build because the version itself is static metadata in pyproject.toml."""
+    local = os.environ.get("SURM_LOCAL_VERSION", "").strip()
+    if not local:
+        return {}
+    if not re.fullmatch(r"[A-Za-z0-9]+([.][A-Za-z0-9]+)*", local):
+        raise SystemExit(f"SURM_LOCAL_VERSION={local!r} is not a valid local version label (PEP 440)")
+    return {"options": {"egg_info": {"tag_build": f"+{local}"}}}
 
 
 def _cuda_sources() -> list[str]:
@@ -61,7 +81,11 @@ def _extension_kwargs() -> dict:
         name="surm_ops._C",
         sources=sources,
         include_dirs=[str(ROOT / "csrc")],
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", *_gencode_flags(archs)]},
+        # No -std: BuildExtension passes the standard torch's headers need (C++20 from torch 2.10; csrc is C++17).
+        # No --use_fast_math: the hot loop has no transcendental (twiddles are tabulated once in double) and
+        # flushing denormals would only change small results. -lineinfo costs nothing at run time and lets
+        # compute-sanitizer and Nsight point at source lines.
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo", *_gencode_flags(archs)]},
     )
     return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension}}
 
@@ -69,7 +93,10 @@ def _extension_kwargs() -> dict:
 setup(
     packages=find_packages(include=["surm_ops", "surm_ops.*"])
     + ["surm_ops.kernels"]
-    + [f"surm_ops.kernels.{p}" for p in find_packages(where="kernels")],
-    package_dir={"surm_ops.kernels": "kernels"},
+    + [f"surm_ops.kernels.{p}" for p in find_packages(where="kernels")]
+    + ["surm_ops.csrc"],
+    package_dir={"surm_ops.kernels": "kernels", "surm_ops.csrc": "csrc"},
+    package_data={"surm_ops.csrc": _csrc_package_data()},
+    **_version_kwargs(),
     **_extension_kwargs(),
 )

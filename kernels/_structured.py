@@ -129,7 +129,7 @@ def structured_mm_kernel(
                              mask=(offs_n[None, :] < n_out) & (offs_k[:, None] < n_in), other=0.0).to(ACC)
                 mt = wt + scale * mt
             if DOT == ACC:
-                acc = tl.dot(xt, mt, acc, input_precision="ieee")
+                acc = tl.dot(xt, mt, acc, input_precision="ieee", out_dtype=ACC)
             else:
                 acc = tl.dot(xt.to(DOT), mt.to(DOT), acc)
     if HAS_BIAS:
@@ -170,7 +170,7 @@ def diag_corr_kernel(
             xt = tl.load(x_ptr + pid_g * stride_xg + toks[:, None] * stride_xm + (col0 + cols)[None, :],
                          mask=(toks[:, None] < tok_hi) & (cols[None, :] < bi), other=0.0).to(ACC)
             if DOT == ACC:
-                acc = tl.dot(tl.trans(g), xt, acc, input_precision="ieee")
+                acc = tl.dot(tl.trans(g), xt, acc, input_precision="ieee", out_dtype=ACC)
             else:
                 acc = tl.dot(tl.trans(g.to(DOT)), xt.to(DOT), acc)
     tl.store(out_ptr + pid_g * stride_og + (pid * tl.num_programs(1) + pid_s) * T * T

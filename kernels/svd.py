@@ -37,7 +37,7 @@ def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
         vt = tl.load(v_ptr + offs_k[:, None] * k + offs_r[None, :], mask=(offs_k[:, None] < n_in) & r_mask[None, :],
                      other=0.0).to(ACC)
         if DOT == ACC:
-            h = tl.dot(xt, vt, h, input_precision="ieee")
+            h = tl.dot(xt, vt, h, input_precision="ieee", out_dtype=ACC)
         else:
             h = tl.dot(xt.to(DOT), vt.to(DOT), h)
     if STORE_H:
@@ -49,7 +49,7 @@ def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
         ut = tl.load(u_ptr + offs_n[None, :] * k + offs_r[:, None], mask=(offs_n[None, :] < n_out) & r_mask[:, None],
                      other=0.0).to(ACC)
         if DOT == ACC:
-            y = tl.dot(h, ut, input_precision="ieee")
+            y = tl.dot(h, ut, input_precision="ieee", out_dtype=ACC)
         else:
             y = tl.dot(h.to(DOT), ut.to(DOT))
         tl.store(y_ptr + offs_m[:, None] * n_out + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
@@ -64,17 +64,25 @@ def _scales(s: torch.Tensor, lead: torch.Size, k: int, dt: torch.dtype) -> tuple
     return rows(s_.expand(*lead, k)), k
 
 
+def blocks(n_tok: int, k: int, acc: torch.dtype) -> dict[str, int]:
+    """Tile sizes (fixed, untuned: no GPU has timed them): narrower token blocks where the rank tile is wide or
+    float64, so the (BLOCK_M x BLOCK_R) tile and u's tiles fit sm_80's shared memory."""
+    block_r = max(16, triton.next_power_of_2(k))
+    if acc == torch.float64:  # checking precision, not speed
+        return dict(BLOCK_M=16, BLOCK_K=16, BLOCK_R=block_r, BLOCK_N=32)
+    return dict(BLOCK_M=16 if n_tok <= 16 else 32 if block_r > 64 else 64, BLOCK_K=32, BLOCK_R=block_r, BLOCK_N=64)
+
+
 def _launch(x2: torch.Tensor, v: torch.Tensor, s2: torch.Tensor, stride_sm: int, u: torch.Tensor,
             out_dtype: torch.dtype, acc: torch.dtype, store_h: bool):
     n_tok, n_in = x2.shape
     n_out, k = u.shape
     y = torch.empty(n_tok, n_out, device=x2.device, dtype=out_dtype)
     h = torch.empty(n_tok, k, device=x2.device, dtype=acc) if store_h else y
-    block_m = 16 if n_tok <= 16 else 64
-    svd_kernel[(triton.cdiv(n_tok, block_m),)](
+    tiles = blocks(n_tok, k, acc)
+    svd_kernel[(triton.cdiv(n_tok, tiles["BLOCK_M"]),)](
         x2, v, s2, u, y, h, n_tok, n_in, n_out, k, stride_sm,
-        STORE_H=store_h, ACC=_TL_DTYPE[acc], DOT=dot_dtype(x2, acc=acc),
-        BLOCK_M=block_m, BLOCK_K=32, BLOCK_R=max(16, triton.next_power_of_2(k)), BLOCK_N=64)
+        STORE_H=store_h, ACC=_TL_DTYPE[acc], DOT=dot_dtype(x2, acc=acc), **tiles)
     return y, (h if store_h else None)
 
 

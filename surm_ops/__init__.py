@@ -16,6 +16,7 @@ from surm_ops.ops import (
     kronecker_matmul,
     ldr_matmul,
     skew_circulant_matmul,
+    structured_linear,
     svd_matmul,
     toeplitz_matmul,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "parameter_report",
     "save_adapters",
     "skew_circulant_matmul",
+    "structured_linear",
     "svd_matmul",
     "toeplitz_matmul",
     "unmerge",

@@ -130,7 +130,7 @@ def select(op: str, backend: str, x: torch.Tensor, params: Sequence[torch.Tensor
 def choose_auto(op: str, x: torch.Tensor, params: Sequence[torch.Tensor]) -> str:
     """The backend automatic mode picks for this call."""
     impls = _IMPLS[op]
-    if x.device.type == "cuda":
+    if _on_gpu(x):
         for name in _GPU_BACKENDS:
             if name in impls and not reasons(op, name, x, params) and not _skipped(impls[name], x, params):
                 return name
@@ -141,6 +141,10 @@ def choose_auto(op: str, x: torch.Tensor, params: Sequence[torch.Tensor]) -> str
             return name
     raise BackendUnavailableError(f"{op}: no backend can run this call: " + "; ".join(
         f"{name}: {', '.join(reasons(op, name, x, params))}" for name in BACKENDS))
+
+
+def _on_gpu(x: torch.Tensor) -> bool:
+    return x.device.type == "cuda"
 
 
 def _skipped(impl: Impl, x: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:

@@ -14,6 +14,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+import surm_ops
+from surm_ops.ops.structured_linear import fusable
+
 
 class AdaptedLinear(nn.Module):
     """A frozen ``nn.Linear`` with a trainable structured update.
@@ -64,10 +67,19 @@ class AdaptedLinear(nn.Module):
         return dt if dt == torch.float64 else torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
         if self.merged:
-            return y
+            return self.base(x)
+        update = self.fused_update()
+        if update is not None and fusable(x):
+            return surm_ops.structured_linear(x, self.base.weight, self.base.bias, update[0], *update[1])
+        y = self.base(x)
         return y + self.delta(x).to(y.dtype)
+
+    def fused_update(self) -> tuple[str, tuple[torch.Tensor, ...]] | None:
+        """dW as a :func:`surm_ops.structured_linear` structure and its parameters, for methods whose update the
+        fused kernel can generate on chip (it then replaces ``base(x) + delta(x)`` where the triton backend runs);
+        None for the others."""
+        return None
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ dW.T`` for x of shape (..., in_features), through the structured ops."""

@@ -63,6 +63,15 @@ class CirculantLinear(AdaptedLinear):
             return surm_ops.circulant_matmul(x, c)
         return surm_ops.circulant_matmul(pad_features(x, c.shape[0]), c)[..., :self.out_features]
 
+    def fused_update(self):
+        c = self.filter()
+        e = dense.circulant_diagonals(c)
+        if c.ndim == 3:
+            return "toeplitz", (e,)
+        # The kept d_out x d_in corner of the n x n circulant is Toeplitz: diagonals -(d_in - 1) .. d_out - 1.
+        n = c.shape[0]
+        return "toeplitz", (e[n - self.in_features:n + self.out_features - 1].reshape(1, 1, -1),)
+
     def delta_weight(self) -> torch.Tensor:
         c = self.filter()
         if c.ndim == 3:

@@ -46,6 +46,9 @@ class KroneckerLinear(AdaptedLinear):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return surm_ops.kronecker_matmul(x, self.kron_B, self.kron_A) * self.scale
 
+    def fused_update(self):
+        return "kronecker", (self.kron_B * self.scale, self.kron_A)
+
     def delta_weight(self) -> torch.Tensor:
         return dense.kronecker(self.kron_B, self.kron_A) * self.scale
 

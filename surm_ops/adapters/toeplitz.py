@@ -51,6 +51,11 @@ class ToeplitzLinear(AdaptedLinear):
             return surm_ops.toeplitz_matmul(inner, self.b)[..., :self.out_features]
         return surm_ops.toeplitz_matmul(x, self.col, self._row())
 
+    def fused_update(self):
+        if self.config.symmetric:  # a product of two Toeplitz matrices is not Toeplitz
+            return None
+        return "toeplitz", (dense.toeplitz_diagonals(self.col, self._row()).reshape(1, 1, -1),)
+
     def delta_weight(self) -> torch.Tensor:
         if self.config.symmetric:
             m = dense.toeplitz(self.b, self.b) @ dense.toeplitz(self.a, self.a)

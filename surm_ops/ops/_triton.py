@@ -12,9 +12,30 @@ from collections.abc import Callable
 
 from surm_ops import dispatch
 
+# Generated tiles cost 2 n FLOPs per output element on tensor cores; performance.md §1 puts that at n/527 times the
+# H100 memory floor, against ~17x for the torch.fft path: break-even near n = 8192. A prediction, not a
+# measurement (no GPU has timed this yet); bench/ on a GPU is how to move it.
+MAX_TILE_WIDTH = 8192
 
-def register(op: str, module: str, skip_auto: Callable[..., str | None] | None = None) -> None:
-    """Make ``surm_ops.kernels.<module>``'s ``forward``/``backward`` the ``triton`` backend of ``op``."""
+
+def tile_width_rule(width: Callable[..., int]) -> Callable[..., str | None]:
+    """A ``skip_auto`` that passes over triton when ``width(x, *params)`` (the reduction length of the generated
+    tiles per output element) exceeds :data:`MAX_TILE_WIDTH`."""
+
+    def skip(x, *params):
+        n = width(x, *params)
+        if n > MAX_TILE_WIDTH:
+            return (f"generated tiles would reduce over {n} > {MAX_TILE_WIDTH} inputs per output; the FFT path is "
+                    "predicted faster")
+        return None
+
+    return skip
+
+
+def register(op: str, module: str, why_not: Callable[..., list[str]] | None = None,
+             skip_auto: Callable[..., str | None] | None = None) -> None:
+    """Make ``surm_ops.kernels.<module>``'s ``forward``/``backward`` the ``triton`` backend of ``op``; ``why_not``
+    and ``skip_auto`` as in :class:`surm_ops.dispatch.Impl` (they must not import triton)."""
 
     def kernels():
         return importlib.import_module(f"surm_ops.kernels.{module}")
@@ -22,4 +43,4 @@ def register(op: str, module: str, skip_auto: Callable[..., str | None] | None =
     dispatch.register(op, "triton", dispatch.Impl(
         lambda x, *ps: kernels().forward(x, *ps),
         lambda grad, x, *rest: kernels().backward(grad, x, *rest),
-        skip_auto=skip_auto))
+        why_not, skip_auto))

@@ -22,7 +22,7 @@ register_reference(NAME, fft.circulant_forward, fft.circulant_backward,
                    lambda gm, c: [dense.block_circulant_adjoint(gm, c.shape) if c.ndim == 3
                                   else dense.circulant_adjoint(gm)])
 dispatch.set_cost_model(NAME, _cost.circulant)
-_triton.register(NAME, "circulant")
+_triton.register(NAME, "circulant", skip_auto=_triton.tile_width_rule(lambda x, c: x.shape[-1]))
 
 
 def circulant_matmul(x: torch.Tensor, c: torch.Tensor, backend: str = "auto") -> torch.Tensor:

@@ -15,7 +15,7 @@ _op = define(NAME, ["a", "b"], lambda x, a, b: a.shape[0] * b.shape[0])
 register_reference(NAME, factored.kronecker_forward, factored.kronecker_backward, dense.kronecker,
                    dense.kronecker_adjoint)
 dispatch.set_cost_model(NAME, _cost.kronecker)
-_triton.register(NAME, "kronecker")
+_triton.register(NAME, "kronecker", skip_auto=_triton.tile_width_rule(lambda x, a, b: x.shape[-1]))
 
 
 def kronecker_matmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, backend: str = "auto") -> torch.Tensor:

@@ -14,7 +14,7 @@ NAME = "ldr_matmul"
 _op = define(NAME, ["g", "h"], lambda x, g, h: g.shape[-1])
 register_reference(NAME, fft.ldr_forward, fft.ldr_backward, dense.ldr, dense.ldr_adjoint)
 dispatch.set_cost_model(NAME, _cost.ldr)
-_triton.register(NAME, "ldr")
+_triton.register(NAME, "ldr", skip_auto=_triton.tile_width_rule(lambda x, g, h: 2 * g.shape[0] * x.shape[-1]))
 
 
 def ldr_matmul(x: torch.Tensor, g: torch.Tensor, h: torch.Tensor, backend: str = "auto") -> torch.Tensor:

@@ -15,7 +15,7 @@ _op = define(NAME, ["c"], lambda x, c: c.shape[-1])
 register_reference(NAME, fft.skew_circulant_forward, fft.skew_circulant_backward, dense.skew_circulant,
                    lambda gm, c: [dense.skew_circulant_adjoint(gm)])
 dispatch.set_cost_model(NAME, _cost.skew_circulant)
-_triton.register(NAME, "skew_circulant")
+_triton.register(NAME, "skew_circulant", skip_auto=_triton.tile_width_rule(lambda x, c: x.shape[-1]))
 
 
 def skew_circulant_matmul(x: torch.Tensor, c: torch.Tensor, backend: str = "auto") -> torch.Tensor:

@@ -23,7 +23,9 @@ _op = define(NAME, ["u", "s", "v"], lambda x, u, s, v: u.shape[0])
 register_reference(NAME, factored.svd_forward, factored.svd_backward,
                    lambda u, s, v: dense.svd(u, s.reshape(-1), v), dense.svd_adjoint, _dense_why_not)
 dispatch.set_cost_model(NAME, _cost.svd)
-_triton.register(NAME, "svd")
+_triton.register(NAME, "svd", lambda x, u, s, v: [
+    f"rank k = {u.shape[1]} > 128: the kernel keeps a (tokens x k) tile in registers; wider ranks would spill"]
+    if u.shape[1] > 128 else [])
 
 
 def svd_matmul(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor,

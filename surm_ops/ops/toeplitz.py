@@ -15,7 +15,7 @@ _op = define(NAME, ["col", "row"], lambda x, col, row: col.shape[-1])
 register_reference(NAME, fft.toeplitz_forward, fft.toeplitz_backward, dense.toeplitz,
                    lambda gm, col, row: dense.toeplitz_adjoint(gm))
 dispatch.set_cost_model(NAME, _cost.toeplitz)
-_triton.register(NAME, "toeplitz")
+_triton.register(NAME, "toeplitz", skip_auto=_triton.tile_width_rule(lambda x, col, row: x.shape[-1]))
 
 
 def toeplitz_matmul(x: torch.Tensor, col: torch.Tensor, row: torch.Tensor | None = None,

@@ -166,3 +166,22 @@ def test_double_backward_raises_instead_of_returning_wrong_values():
     (gx,) = torch.autograd.grad(surm_ops.circulant_matmul(x, c).square().sum(), [x], create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(gx.sum(), [c])
+
+
+def test_auto_priority_on_gpu_honours_skip_rules(monkeypatch):
+    """On CUDA tensors auto takes cuda, then triton, unless a backend's skip_auto predicts another is faster.
+    (Run on CPU by treating the tensor as a GPU one and faking the extension's backend.)"""
+    monkeypatch.setattr(dispatch, "_on_gpu", lambda x: True)
+    monkeypatch.setattr(dispatch, "reasons", lambda op, name, x, params: [] if name != "cuda" else ["no _C"])
+    x = torch.randn(2, 4096)
+    assert dispatch.choose_auto("circulant_matmul", x, [torch.randn(4096)]) == "triton"
+    wide = torch.randn(2, 16384)
+    assert dispatch.choose_auto("circulant_matmul", wide, [torch.randn(16384)]) in ("fft", "dense")
+    assert dispatch.choose_auto("ldr_matmul", x, [torch.randn(2, 4096)] * 2) in ("fft", "dense")  # 2 r n = 16384
+    assert dispatch.choose_auto("svd_matmul", wide, [torch.randn(8, 4), torch.randn(4), torch.randn(16384, 4)]) \
+        == "triton"
+    monkeypatch.setattr(dispatch, "reasons", lambda op, name, x, params: [])
+    monkeypatch.setitem(dispatch._IMPLS["circulant_matmul"], "cuda", dispatch.Impl(
+        None, None, skip_auto=lambda x, c: "small" if x.shape[-1] < 2048 else None))
+    assert dispatch.choose_auto("circulant_matmul", x, [torch.randn(4096)]) == "cuda"
+    assert dispatch.choose_auto("circulant_matmul", torch.randn(2, 768), [torch.randn(768)]) == "triton"

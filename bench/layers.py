@@ -36,6 +36,7 @@ class LayerSpec:
     label: str
     method: str | None = None           # a registry method, "adapter", "peft-lora", "peft-c3a"; None: frozen
     options: dict = field(default_factory=dict)
+    fused: bool = True                  # False: the layer's ``fuse`` off (GPU only: on CPU nothing is fused)
 
 
 LAYERS: tuple[LayerSpec, ...] = (
@@ -55,6 +56,11 @@ LAYERS: tuple[LayerSpec, ...] = (
     LayerSpec("sara-k16", "sara", {"rank": 16, "randomized": True}),   # randomized: only above d = 2048
     LayerSpec("mosara-k16", "mosara", {"rank": 16, "randomized": True}),
     LayerSpec("adapter-circulant", "adapter", {"structure": "circulant"}),
+    # The same layers through base(x) + delta(x): what the fused kernel (structured_linear) saves, on a GPU.
+    LayerSpec("circulant-unfused", "circulant", fused=False),
+    LayerSpec("circulant-block-b64-unfused", "circulant", {"layout": "block", "block_size": 64}, fused=False),
+    LayerSpec("toeplitz-unfused", "toeplitz", fused=False),
+    LayerSpec("kronecker-r8-unfused", "kronecker", {"r": 8}, fused=False),
     LayerSpec("peft-lora-r16", "peft-lora", {"r": 16}),
     LayerSpec("peft-c3a-b64", "peft-c3a", {"block_size": 64}),
 )
@@ -79,6 +85,7 @@ def shape(dev: torch.device) -> LayerShape:
 
 def selected() -> tuple[LayerSpec, ...]:
     specs = tuple(s for s in LAYERS if not (s.method or "").startswith("peft-") or cases.peft_available())
+    specs = tuple(s for s in specs if s.fused or cases.device().type == "cuda")
     return tuple(s for s in specs if s.label in QUICK_LABELS) if cases.quick() else specs
 
 
@@ -114,6 +121,7 @@ def make_layer(spec: LayerSpec, d: int, dev: torch.device, dtype: torch.dtype, s
     else:
         cls = METHODS[spec.method]
         layer = cls(base, cls.config_class(**spec.options))
+        layer.fuse = spec.fused
     layer = layer.to(dev)
     with torch.no_grad():
         for p in trainable(layer):

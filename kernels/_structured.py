@@ -114,14 +114,15 @@ def structured_mm_kernel(
     pid_n = tl.program_id(1)
     pid_g = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_m = offs_m.to(tl.int64)  # tokens x features can pass 2^31 elements
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for gi in range(G_IN):
-        x_base = x_ptr + pid_g * stride_xg + gi * stride_xgi
+        x_base = x_ptr + pid_g.to(tl.int64) * stride_xg + gi * stride_xgi
         e_base = e_ptr + pid_g * stride_eg + gi * stride_egi
         for k0 in range(0, n_in, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            xt = tl.load(x_base + offs_m[:, None] * stride_xm + offs_k[None, :],
+            xt = tl.load(x_base + rows_m[:, None] * stride_xm + offs_k[None, :],
                          mask=(offs_m[:, None] < n_tok) & (offs_k[None, :] < n_in), other=0.0).to(ACC)
             mt = _m_tile(e_base, a_ptr, b_ptr, offs_n, offs_k, n_out, n_in, q, bo, bi, u, v, GEN).to(ACC)
             if HAS_W:
@@ -134,7 +135,7 @@ def structured_mm_kernel(
                 acc = tl.dot(xt.to(DOT), mt.to(DOT), acc)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=offs_n < n_out, other=0.0).to(ACC)[None, :]
-    tl.store(y_ptr + pid_g * stride_yg + offs_m[:, None] * stride_ym + offs_n[None, :],
+    tl.store(y_ptr + pid_g.to(tl.int64) * stride_yg + rows_m[:, None] * stride_ym + offs_n[None, :],
              acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < n_tok) & (offs_n[None, :] < n_out))
 
 
@@ -165,9 +166,10 @@ def diag_corr_kernel(
         cols = (ti - delta) * T + offs_t
         for t0 in range(tok_lo, tok_hi, BLOCK_B):
             toks = t0 + tl.arange(0, BLOCK_B)
-            g = tl.load(gy_ptr + pid_g * stride_gyg + toks[:, None] * stride_gym + (row0 + rows)[None, :],
+            lines = toks.to(tl.int64)
+            g = tl.load(gy_ptr + pid_g.to(tl.int64) * stride_gyg + lines[:, None] * stride_gym + (row0 + rows)[None, :],
                         mask=(toks[:, None] < tok_hi) & (rows[None, :] < bo), other=0.0).to(ACC)
-            xt = tl.load(x_ptr + pid_g * stride_xg + toks[:, None] * stride_xm + (col0 + cols)[None, :],
+            xt = tl.load(x_ptr + pid_g.to(tl.int64) * stride_xg + lines[:, None] * stride_xm + (col0 + cols)[None, :],
                          mask=(toks[:, None] < tok_hi) & (cols[None, :] < bi), other=0.0).to(ACC)
             if DOT == ACC:
                 acc = tl.dot(tl.trans(g), xt, acc, input_precision="ieee", out_dtype=ACC)

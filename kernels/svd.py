@@ -26,13 +26,14 @@ def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
     y (n_tok, n_out); h (n_tok, k) receives ``x v`` when STORE_H."""
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_m = offs_m.to(tl.int64)  # tokens x features can pass 2^31 elements
     offs_r = tl.arange(0, BLOCK_R)
     m_mask = offs_m[:, None] < n_tok
     r_mask = offs_r < k
     h = tl.zeros((BLOCK_M, BLOCK_R), dtype=ACC)
     for k0 in range(0, n_in, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        xt = tl.load(x_ptr + offs_m[:, None] * n_in + offs_k[None, :], mask=m_mask & (offs_k[None, :] < n_in),
+        xt = tl.load(x_ptr + rows_m[:, None] * n_in + offs_k[None, :], mask=m_mask & (offs_k[None, :] < n_in),
                      other=0.0).to(ACC)
         vt = tl.load(v_ptr + offs_k[:, None] * k + offs_r[None, :], mask=(offs_k[:, None] < n_in) & r_mask[None, :],
                      other=0.0).to(ACC)
@@ -41,8 +42,8 @@ def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
         else:
             h = tl.dot(xt.to(DOT), vt.to(DOT), h)
     if STORE_H:
-        tl.store(h_ptr + offs_m[:, None] * k + offs_r[None, :], h, mask=m_mask & r_mask[None, :])
-    h = h * tl.load(s_ptr + offs_m[:, None] * stride_sm + offs_r[None, :], mask=m_mask & r_mask[None, :],
+        tl.store(h_ptr + rows_m[:, None] * k + offs_r[None, :], h, mask=m_mask & r_mask[None, :])
+    h = h * tl.load(s_ptr + rows_m[:, None] * stride_sm + offs_r[None, :], mask=m_mask & r_mask[None, :],
                     other=0.0).to(ACC)
     for n0 in range(0, n_out, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -52,7 +53,7 @@ def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
             y = tl.dot(h, ut, input_precision="ieee", out_dtype=ACC)
         else:
             y = tl.dot(h.to(DOT), ut.to(DOT))
-        tl.store(y_ptr + offs_m[:, None] * n_out + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
+        tl.store(y_ptr + rows_m[:, None] * n_out + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
                  mask=m_mask & (offs_n[None, :] < n_out))
 
 

@@ -28,6 +28,9 @@ class AdaptedLinear(nn.Module):
     method: ClassVar[str]
     config_class: ClassVar[type]
     mergeable: ClassVar[bool] = True
+    fuse: bool = True
+    """Use the fused frozen-plus-update kernel where it runs (see :meth:`fused_update`); set False on a layer to
+    keep ``base(x) + delta(x)`` (same values; for comparisons)."""
 
     def __init__(self, base: nn.Linear, config: Any, name: str = "") -> None:
         super().__init__()
@@ -69,7 +72,7 @@ class AdaptedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base(x)
-        update = self.fused_update()
+        update = self.fused_update() if self.fuse else None
         if update is not None and fusable(x):
             return surm_ops.structured_linear(x, self.base.weight, self.base.bias, update[0], *update[1])
         y = self.base(x)

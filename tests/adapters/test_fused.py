@@ -11,6 +11,7 @@ import torch
 import surm_ops
 from surm_ops.ops.structured_linear import fusable
 from tests.adapters.test_layers import _layer, _perturb
+from tests.triton_mode import skip_unless_interpreted
 
 FUSED = [("circulant", {}), ("circulant", {"factored": True}), ("circulant", {"layout": "block", "block_size": 8}),
          ("toeplitz", {}), ("kronecker", {"r": 4})]
@@ -27,6 +28,7 @@ def _run(layer, x):
 
 @pytest.mark.parametrize("method,options,d_in,d_out", CASES)
 def test_fused_layer_equals_unfused(method, options, d_in, d_out, monkeypatch):
+    skip_unless_interpreted("triton")
     layer = _layer(method, options, d_in, d_out, dtype=torch.float64)
     _perturb(layer)
     x = torch.randn(5, d_in, dtype=torch.float64, requires_grad=True)
@@ -46,6 +48,7 @@ def test_fused_layer_equals_unfused(method, options, d_in, d_out, monkeypatch):
 
 @pytest.mark.parametrize("method,options", [("toeplitz", {"symmetric": True}), ("ldr", {}), ("lora", {})])
 def test_methods_without_a_tile_generator_stay_unfused(method, options, monkeypatch):
+    skip_unless_interpreted("triton")
     layer = _layer(method, options, 16, 16)
     assert layer.fused_update() is None
     monkeypatch.setenv("SURM_BACKEND", "triton")
@@ -53,3 +56,33 @@ def test_methods_without_a_tile_generator_stay_unfused(method, options, monkeypa
     monkeypatch.setattr(surm_ops, "structured_linear", lambda *a, **k: calls.append(a) or None)
     layer(torch.randn(3, 16))
     assert not calls
+
+
+def test_fuse_false_keeps_the_unfused_path(monkeypatch):
+    skip_unless_interpreted("triton")
+    layer = _layer("circulant", {}, 16, 16)
+    layer.fuse = False
+    monkeypatch.setenv("SURM_BACKEND", "triton")
+    calls = []
+    monkeypatch.setattr(surm_ops, "structured_linear", lambda *a, **k: calls.append(a) or None)
+    assert layer(torch.randn(3, 16)).shape == (3, 16)
+    assert not calls
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method,options", FUSED, ids=[c.id.rsplit("-", 1)[0] for c in CASES[::len(SHAPES)]])
+def test_fused_layer_on_gpu(method, options, monkeypatch):
+    """bf16 layer, float32 adapter, 4096 tokens at d = 768 -> 1024: auto takes the fused kernel; it agrees with the
+    unfused layer (fuse=False) within bf16 rounding, gradients included."""
+    monkeypatch.delenv("SURM_BACKEND", raising=False)
+    options = {**options, "block_size": 64} if "block_size" in options else options
+    layer = _layer(method, options, 768, 1024, dtype=torch.bfloat16).cuda()
+    _perturb(layer)
+    x = torch.randn(4096, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    assert fusable(x)
+    got = _run(layer, x)
+    layer.fuse = False
+    want = _run(layer, x)
+    for g, w in zip((got[0], *got[1]), (want[0], *want[1])):
+        assert ((g.double() - w.double()).norm() / w.double().norm()).item() < 2e-2

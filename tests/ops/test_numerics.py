@@ -7,6 +7,7 @@ import torch
 
 from tests.ops.cases import LARGE, SMALL, ids, per_token
 from tests.ops.checks import HALF, TOL, half_baseline, reference, rel_err
+from tests.triton_mode import skip_unless_interpreted
 
 BACKENDS = ["fft", "dense", "triton", "auto"]  # triton runs on CPU through the interpreter (tests/conftest.py)
 # The interpreter converts float32 to half by truncation, not rounding (design.md §3): up to one more ulp per element.
@@ -51,6 +52,7 @@ def _run_and_compare(case, backend, dtype, lead=(5,), seed=0, device="cpu"):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", SMALL, ids=ids(SMALL))
 def test_matches_oracle(case, backend, dtype):
+    skip_unless_interpreted(backend)
     _skip_unsupported(case, backend)
     _run_and_compare(case, backend, dtype)
 
@@ -85,6 +87,7 @@ LARGE_TRITON = [c for c in LARGE if c.op != "ldr_matmul"]
 @pytest.mark.parametrize("case", LARGE_TRITON, ids=ids(LARGE_TRITON))
 def test_large_sizes_triton_interpreted(case):
     """Masked edges (1001 = 62*16 + 9), 768 = 12 tiles, and blocks of 64 through the real kernels' index math."""
+    skip_unless_interpreted("triton")
     _run_and_compare(case, "triton", torch.float64, lead=(3,))
 
 
@@ -93,6 +96,7 @@ def test_large_sizes_triton_interpreted(case):
 @pytest.mark.parametrize("lead", [(2, 3), (0,), (2, 0), ()], ids=["2x3", "0", "2x0", "none"])
 @pytest.mark.parametrize("case", [c for c in SMALL if not per_token(c)], ids=ids([c for c in SMALL if not per_token(c)]))
 def test_leading_dims(case, backend, lead):
+    skip_unless_interpreted(backend)
     _run_and_compare(case, backend, torch.float64, lead=lead)
 
 
@@ -101,6 +105,7 @@ def test_leading_dims(case, backend, lead):
 @pytest.mark.parametrize("view", ["transposed", "strided", "expanded"])
 @pytest.mark.parametrize("case", [c for c in SMALL if not per_token(c)], ids=ids([c for c in SMALL if not per_token(c)]))
 def test_non_contiguous_inputs(case, backend, view):
+    skip_unless_interpreted(backend)
     params = case.params(torch.float64)
     base = case.x((6,), torch.float64)
     if view == "transposed":
@@ -119,6 +124,7 @@ def test_non_contiguous_inputs(case, backend, view):
 @pytest.mark.parametrize("backend", ["fft", "dense", "triton"])
 @pytest.mark.parametrize("case", SMALL, ids=ids(SMALL))
 def test_gradcheck(case, backend):
+    skip_unless_interpreted(backend)
     _skip_unsupported(case, backend)
     params = case.params(torch.float64, seed=3, requires_grad=True)
     x = case.x((5,) if per_token(case) else (3,), torch.float64, seed=4).requires_grad_()

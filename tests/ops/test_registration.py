@@ -9,6 +9,7 @@ import torch
 import surm_ops
 from surm_ops import dispatch
 from tests.ops.cases import SMALL, ids, per_token
+from tests.triton_mode import skip_unless_interpreted
 
 OPCHECK_CASES = [c for c in SMALL if c.label in {
     "circulant-n7", "block-2x3x4", "skew-n7", "toeplitz-3x7", "ldr-r2-n7", "kron-2x3-4x5", "svd-5x7-k3",
@@ -25,6 +26,7 @@ def _op_args(case, backend):
 @pytest.mark.parametrize("backend", ["fft", "dense", "triton", "auto"])
 @pytest.mark.parametrize("case", OPCHECK_CASES, ids=ids(OPCHECK_CASES))
 def test_opcheck_forward(case, backend):
+    skip_unless_interpreted(backend)
     if per_token(case) and backend == "dense":
         pytest.skip("dense refuses per-token s by contract")
     x, params, backend = _op_args(case, backend)
@@ -36,6 +38,7 @@ def test_opcheck_forward(case, backend):
 @pytest.mark.parametrize("needs", ["all", "x-only", "params-only"])
 @pytest.mark.parametrize("case", OPCHECK_CASES, ids=ids(OPCHECK_CASES))
 def test_opcheck_backward(case, needs, backend):
+    skip_unless_interpreted(backend)
     x, params, _ = _op_args(case, backend)
     grad = torch.randn(*x.shape[:-1], getattr(surm_ops, case.op)(x, *params).shape[-1], dtype=torch.float64)
     mask = {"all": [True] * (1 + len(params)), "x-only": [True] + [False] * len(params),
@@ -108,6 +111,7 @@ def test_environment_backend_used_at_run_time(monkeypatch):
 
 
 def test_available_reports_every_backend(monkeypatch):
+    skip_unless_interpreted("triton")
     args = ("circulant_matmul", torch.randn(2, 8), [torch.randn(8)])
     report = dispatch.available(*args)
     assert set(report) == set(surm_ops.BACKENDS)

@@ -8,6 +8,7 @@ import torch
 import surm_ops
 from surm_ops.reference import dense
 from tests.ops.checks import rel_err
+from tests.triton_mode import skip_unless_interpreted
 
 # (structure, parameter shapes, n_out, n_in)
 CASES = [
@@ -44,6 +45,7 @@ def _inputs(case, dtype, seed=0, bias=True):
 @pytest.mark.parametrize("backend", ["dense", "triton", "auto"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_matches_oracle(case, backend, dtype, bias):
+    skip_unless_interpreted(backend)
     structure, x, w, b, ps = _inputs(case, dtype, bias=bias)
     y = surm_ops.structured_linear(x, w, b, structure, *ps, backend=backend)
     assert y.dtype == dtype and y.shape == (6, case[2])
@@ -66,6 +68,7 @@ def test_matches_oracle(case, backend, dtype, bias):
 @pytest.mark.parametrize("backend", ["dense", "triton"])
 @pytest.mark.parametrize("case", CASES[:1] + CASES[3:], ids=[IDS[0], IDS[3]])
 def test_gradcheck(case, backend):
+    skip_unless_interpreted(backend)
     structure, x, w, b, ps = _inputs(case, torch.float64)
     assert torch.autograd.gradcheck(
         lambda *a: surm_ops.structured_linear(a[0], a[1], a[2], structure, *a[3:], backend=backend),
@@ -75,6 +78,7 @@ def test_gradcheck(case, backend):
 @pytest.mark.usefixtures("no_backend_env")
 @pytest.mark.parametrize("backend", ["dense", "triton"])
 def test_opcheck(backend):
+    skip_unless_interpreted(backend)
     structure, x, w, b, ps = _inputs(CASES[1], torch.float64)
     torch.library.opcheck(torch.ops.surm_ops.structured_linear_toeplitz.default, (x, w, b, *ps, backend))
     structure, x, w, b, ps = _inputs(CASES[3], torch.float64)
@@ -106,3 +110,40 @@ def test_bias_shape_error():
     with pytest.raises(ValueError, match=r"bias has shape \(4,\); weight.shape = \(3, 6\) needs \(3,\)"):
         surm_ops.structured_linear(torch.randn(4, 6), torch.randn(3, 6), torch.randn(4), "toeplitz",
                                    torch.randn(1, 1, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.usefixtures("no_backend_env")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("backend", ["dense", "triton", "auto"])
+@pytest.mark.parametrize("case", CASES + [("toeplitz", [(1, 1, 1024 + 768 - 1)], 1024, 768),
+                                          ("toeplitz", [(16, 48, 64 + 64 - 1)], 1024, 3072)],
+                         ids=IDS + ["toeplitz-1024x768", "block-1024x3072-b64"])
+def test_matches_oracle_on_gpu(case, backend, dtype):
+    structure, x, w, b, ps = _inputs(case, dtype)
+    x, w, b = (t.detach().cuda().requires_grad_() for t in (x, w, b))
+    ps = [p.detach().cuda().requires_grad_() for p in ps]
+    y = surm_ops.structured_linear(x, w, b, structure, *ps, backend=backend)
+    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    got = torch.autograd.grad(y, [x, w, b, *ps], grad.to(dtype).cuda())
+    ref = [t.detach().cpu().double().requires_grad_() for t in (x, w, b, *ps)]
+    y64 = ref[0] @ (ref[1] + _matrix(structure, ref[3:], *case[2:])).T + ref[2]
+    want = torch.autograd.grad(y64, ref, grad)
+    # Half inputs: the product runs in x's dtype on tensor cores, like a plain half matmul; scale by d.
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
+    assert rel_err(y.cpu(), y64) <= tol
+    for i, (g, w_) in enumerate(zip(got, want)):
+        assert rel_err(g.cpu(), w_) <= tol, f"gradient {i}: {rel_err(g.cpu(), w_)}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_picks_triton_on_gpu(no_backend_env):
+    from surm_ops import dispatch
+
+    x = torch.randn(8, 768, device="cuda")
+    assert dispatch.resolve("structured_linear_toeplitz", "auto", x, []) == "triton"
+    assert dispatch.resolve("circulant_matmul", "auto", x, [torch.randn(768, device="cuda")]) == "triton"
+    assert dispatch.resolve("svd_matmul", "auto", x, [torch.randn(64, 8, device="cuda"), torch.randn(8, device="cuda"),
+                                                      torch.randn(768, 8, device="cuda")]) == "triton"

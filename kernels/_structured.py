@@ -22,6 +22,7 @@ in float32 with IEEE precision otherwise, accumulating in float32 (float64 for f
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -44,13 +45,31 @@ def interpreting() -> bool:
 
 
 def dot_dtype(*inputs: torch.Tensor, acc: torch.dtype) -> tl.dtype:
-    """The operand dtype of ``tl.dot``: x's half dtype when every streamed input shares it (tensor cores, the
-    precision of a plain half matmul), else the accumulator's. The interpreter multiplies half values wrongly, so
-    it always gets the accumulator's dtype."""
+    """The operand dtype of ``tl.dot``: x's half dtype when every streamed input shares it and the accumulator is
+    float32 (tensor cores, the precision of a plain half matmul), else the accumulator's. The interpreter multiplies
+    half values wrongly, so it always gets the accumulator's dtype."""
     dts = {t.dtype for t in inputs}
-    if len(dts) == 1 and next(iter(dts)) in (torch.float16, torch.bfloat16) and not interpreting():
-        return _TL_DTYPE[next(iter(dts))]
+    half = next(iter(dts)) if len(dts) == 1 else None
+    if half in (torch.float16, torch.bfloat16) and acc == torch.float32 and not interpreting():
+        return _TL_DTYPE[half]
     return _TL_DTYPE[acc]
+
+
+def precision(acc: torch.dtype) -> str:
+    """``input_precision`` of a full-precision ``tl.dot``: float32 as three TF32 products on tensor cores (about
+    float32's accuracy; plain "ieee" runs on the FMA units and spills registers at these tiles), float64 exact."""
+    return "ieee" if acc == torch.float64 else "tf32x3"
+
+
+def streamed(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """A streamed input as the kernels take it: float64 products need float64 operands (triton 3.6 cannot lower a
+    half load converted to a float64 MMA operand), so a half x with float64 parameters is upcast first."""
+    return t.to(acc) if acc == torch.float64 else t
+
+
+def on_device(t: torch.Tensor):
+    """Launch on t's GPU with its current stream (Triton launches on the *current* device, which need not be x's)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -107,7 +126,7 @@ def structured_mm_kernel(
         stride_xg, stride_xgi, stride_xm, stride_eg, stride_egi, stride_wn, stride_wk, stride_yg, stride_ym,
         scale,
         G_IN: tl.constexpr, GEN: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
-        ACC: tl.constexpr, DOT: tl.constexpr,
+        ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """``y[g] = sum_gi x[g, gi] @ (W + scale * M[g, gi])^T + bias``; grid (token blocks, output blocks, g)."""
     pid_m = tl.program_id(0)
@@ -116,23 +135,27 @@ def structured_mm_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rows_m = offs_m.to(tl.int64)  # tokens x features can pass 2^31 elements
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols_n = offs_n.to(tl.int64)  # a large weight can pass 2^31 elements too
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for gi in range(G_IN):
-        x_base = x_ptr + pid_g.to(tl.int64) * stride_xg + gi * stride_xgi
-        e_base = e_ptr + pid_g * stride_eg + gi * stride_egi
+    # Group bases advance by pointer increments: gi * stride in int32 would overflow for LDR's (r, tokens, n).
+    x_base = x_ptr + pid_g.to(tl.int64) * stride_xg
+    e_base = e_ptr + pid_g * stride_eg
+    for _ in range(G_IN):
         for k0 in range(0, n_in, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             xt = tl.load(x_base + rows_m[:, None] * stride_xm + offs_k[None, :],
                          mask=(offs_m[:, None] < n_tok) & (offs_k[None, :] < n_in), other=0.0).to(ACC)
             mt = _m_tile(e_base, a_ptr, b_ptr, offs_n, offs_k, n_out, n_in, q, bo, bi, u, v, GEN).to(ACC)
             if HAS_W:
-                wt = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk,
+                wt = tl.load(w_ptr + cols_n[None, :] * stride_wn + offs_k[:, None].to(tl.int64) * stride_wk,
                              mask=(offs_n[None, :] < n_out) & (offs_k[:, None] < n_in), other=0.0).to(ACC)
                 mt = wt + scale * mt
             if DOT == ACC:
-                acc = tl.dot(xt, mt, acc, input_precision="ieee", out_dtype=ACC)
+                acc = tl.dot(xt, mt, acc, input_precision=PRECISION, out_dtype=ACC)
             else:
                 acc = tl.dot(xt.to(DOT), mt.to(DOT), acc)
+        x_base += stride_xgi
+        e_base += stride_egi
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=offs_n < n_out, other=0.0).to(ACC)[None, :]
     tl.store(y_ptr + pid_g.to(tl.int64) * stride_yg + rows_m[:, None] * stride_ym + offs_n[None, :],
@@ -144,7 +167,7 @@ def diag_corr_kernel(
         gy_ptr, x_ptr, out_ptr,
         n_tok, q, bo, bi, chunk,
         stride_gyg, stride_gym, stride_xg, stride_xm, stride_og,
-        ACC: tl.constexpr, DOT: tl.constexpr, T: tl.constexpr, BLOCK_B: tl.constexpr):
+        ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, T: tl.constexpr, BLOCK_B: tl.constexpr):
     """One (T x T) tile: the sum of ``gy[:, rows]^T @ x[:, cols]`` over the tiles (rows, cols) of one block-diagonal
     of block (P, Q), over one slice of the tokens. Grid (p * q * n_diagonals, token slices, groups)."""
     pid = tl.program_id(0)
@@ -172,7 +195,7 @@ def diag_corr_kernel(
             xt = tl.load(x_ptr + pid_g.to(tl.int64) * stride_xg + lines[:, None] * stride_xm + (col0 + cols)[None, :],
                          mask=(toks[:, None] < tok_hi) & (cols[None, :] < bi), other=0.0).to(ACC)
             if DOT == ACC:
-                acc = tl.dot(tl.trans(g), xt, acc, input_precision="ieee", out_dtype=ACC)
+                acc = tl.dot(tl.trans(g), xt, acc, input_precision=PRECISION, out_dtype=ACC)
             else:
                 acc = tl.dot(tl.trans(g.to(DOT)), xt.to(DOT), acc)
     tl.store(out_ptr + pid_g * stride_og + (pid * tl.num_programs(1) + pid_s) * T * T
@@ -181,7 +204,9 @@ def diag_corr_kernel(
 
 def rows(t: torch.Tensor) -> torch.Tensor:
     """t (..., n) as a contiguous (tokens, n) matrix, the layout every launcher takes."""
-    return t.reshape(-1, t.shape[-1]).contiguous()
+    r = t.reshape(-1, t.shape[-1])
+    # is_contiguous() ignores the strides of size-1 dimensions: (T, 1) with strides (1, T) passes it.
+    return r if r.is_contiguous() and r.stride(-1) == 1 else r.clone(memory_format=torch.contiguous_format)
 
 
 def _mm_blocks(n_tok: int) -> tuple[int, int, int]:
@@ -200,12 +225,15 @@ def structured_mm(x: torch.Tensor, gen: Toeplitz | Kronecker, out_dtype: torch.d
     ``y[g] = x @ M[g]^T``; with ``sum_groups`` and x (r, tokens, n_in), returns ``sum_g x[g] @ M[g]^T``.
     """
     n_out, n_in = gen.shape
+    x = streamed(x, acc)
+    weight = streamed(weight, acc) if weight is not None else None
     xs = x if x.ndim == 3 else x.unsqueeze(0)
     assert xs.stride(-1) == 1
     n_tok = xs.shape[1]
     g_out = 1 if sum_groups else groups_out
     g_in = xs.shape[0] if sum_groups else 1
-    y = torch.empty(g_out, n_tok, n_out, device=x.device, dtype=out_dtype)
+    # float64 results are rounded to a half out_dtype by torch: the interpreter's float64 -> bfloat16 is wrong.
+    y = torch.empty(g_out, n_tok, n_out, device=x.device, dtype=torch.float64 if acc == torch.float64 else out_dtype)
     if isinstance(gen, Toeplitz):
         e, a, b = gen.e, gen.e, gen.e
         p, q = gen.e.shape[1:3]
@@ -222,14 +250,17 @@ def structured_mm(x: torch.Tensor, gen: Toeplitz | Kronecker, out_dtype: torch.d
     w = weight if weight is not None else e
     block_m, block_n, block_k = _mm_blocks(n_tok)
     grid = (triton.cdiv(n_tok, block_m), triton.cdiv(n_out, block_n), g_out)
-    structured_mm_kernel[grid](
-        xs, e, a, b, w, bias if bias is not None else e, y,
-        n_tok, n_out, n_in, *geom,
-        *sx, xs.stride(1), *se, w.stride(0) if weight is not None else 0, w.stride(1) if weight is not None else 0,
-        y.stride(0), y.stride(1), float(scale),
-        G_IN=g_in, GEN=kind, HAS_W=weight is not None, HAS_BIAS=bias is not None,
-        ACC=_TL_DTYPE[acc], DOT=dot_dtype(x, *(() if weight is None else (weight,)), acc=acc),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    bias = bias.contiguous() if bias is not None else None
+    with on_device(x):
+        structured_mm_kernel[grid](
+            xs, e, a, b, w, bias if bias is not None else e, y,
+            n_tok, n_out, n_in, *geom,
+            *sx, xs.stride(1), *se, w.stride(0) if weight is not None else 0, w.stride(1) if weight is not None else 0,
+            y.stride(0), y.stride(1), float(scale),
+            G_IN=g_in, GEN=kind, HAS_W=weight is not None, HAS_BIAS=bias is not None,
+            ACC=_TL_DTYPE[acc], DOT=dot_dtype(x, *(() if weight is None else (weight,)), acc=acc),
+            PRECISION=precision(acc), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    y = y.to(out_dtype)
     return y if groups_out > 1 else y[0]
 
 
@@ -245,6 +276,7 @@ def diag_corr(gy: torch.Tensor, x: torch.Tensor, p: int, q: int, bo: int, bi: in
               acc: torch.dtype = torch.float32) -> torch.Tensor:
     """Diagonal sums of ``gy^T x`` per block: gy (tokens, p*bo) or (g, tokens, p*bo), x likewise with q*bi
     (either may be 2-D and shared by the groups) -> (g, p, q, bo + bi - 1) in ``acc``."""
+    gy, x = streamed(gy, acc), streamed(x, acc)
     groups = max(gy.shape[0] if gy.ndim == 3 else 1, x.shape[0] if x.ndim == 3 else 1)
     gys = gy if gy.ndim == 3 else gy.unsqueeze(0)
     xs = x if x.ndim == 3 else x.unsqueeze(0)
@@ -259,11 +291,12 @@ def diag_corr(gy: torch.Tensor, x: torch.Tensor, p: int, q: int, bo: int, bi: in
     chunk = triton.cdiv(triton.cdiv(n_tok, slices), block_b) * block_b
     slices = triton.cdiv(n_tok, chunk)
     part = torch.empty(groups, p * q * n_diag, slices, t, t, device=x.device, dtype=acc)
-    diag_corr_kernel[(p * q * n_diag, slices, groups)](
-        gys, xs, part, n_tok, q, bo, bi, chunk,
-        gys.stride(0) if gys.shape[0] > 1 else 0, gys.stride(1),
-        xs.stride(0) if xs.shape[0] > 1 else 0, xs.stride(1), part.stride(0),
-        ACC=_TL_DTYPE[acc], DOT=dot_dtype(gy, x, acc=acc), T=t, BLOCK_B=block_b)
+    with on_device(x):
+        diag_corr_kernel[(p * q * n_diag, slices, groups)](
+            gys, xs, part, n_tok, q, bo, bi, chunk,
+            gys.stride(0) if gys.shape[0] > 1 else 0, gys.stride(1),
+            xs.stride(0) if xs.shape[0] > 1 else 0, xs.stride(1), part.stride(0),
+            ACC=_TL_DTYPE[acc], DOT=dot_dtype(gy, x, acc=acc), PRECISION=precision(acc), T=t, BLOCK_B=block_b)
     # Fold: tile diagonals -> block-diagonal vectors (stride t, length 2t - 1, overlapping by t - 1).
     sums = torch.nn.functional.pad(_diagonal_sums(part.sum(2)), (0, 1)).reshape(groups, p * q, n_diag, 2, t)
     folded = sums.new_zeros(groups, p * q, n_diag + 1, t)

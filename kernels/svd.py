@@ -14,13 +14,14 @@ import triton
 import triton.language as tl
 
 from surm_ops._validate import compute_dtype
-from surm_ops.kernels._structured import _TL_DTYPE, dot_dtype, rows
+from surm_ops.kernels._structured import _TL_DTYPE, dot_dtype, on_device, precision, rows, streamed
 
 
 @triton.jit
 def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
                n_tok, n_in, n_out, k, stride_sm,
-               STORE_H: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+               STORE_H: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, DOT2: tl.constexpr,
+               PRECISION: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     """x (n_tok, n_in), v (n_in, k), s (n_tok or 1, k) with row stride ``stride_sm``, u (n_out, k), all contiguous;
     y (n_tok, n_out); h (n_tok, k) receives ``x v`` when STORE_H."""
@@ -38,7 +39,7 @@ def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
         vt = tl.load(v_ptr + offs_k[:, None] * k + offs_r[None, :], mask=(offs_k[:, None] < n_in) & r_mask[None, :],
                      other=0.0).to(ACC)
         if DOT == ACC:
-            h = tl.dot(xt, vt, h, input_precision="ieee", out_dtype=ACC)
+            h = tl.dot(xt, vt, h, input_precision=PRECISION, out_dtype=ACC)
         else:
             h = tl.dot(xt.to(DOT), vt.to(DOT), h)
     if STORE_H:
@@ -49,12 +50,18 @@ def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
         offs_n = n0 + tl.arange(0, BLOCK_N)
         ut = tl.load(u_ptr + offs_n[None, :] * k + offs_r[:, None], mask=(offs_n[None, :] < n_out) & r_mask[:, None],
                      other=0.0).to(ACC)
-        if DOT == ACC:
-            y = tl.dot(h, ut, input_precision="ieee", out_dtype=ACC)
+        if DOT2 == ACC:
+            y = tl.dot(h, ut, input_precision=PRECISION, out_dtype=ACC)
         else:
-            y = tl.dot(h.to(DOT), ut.to(DOT))
+            y = tl.dot(h.to(DOT2), ut.to(DOT2))
         tl.store(y_ptr + rows_m[:, None] * n_out + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
                  mask=m_mask & (offs_n[None, :] < n_out))
+
+
+def _second_dot(dot: tl.dtype, acc: torch.dtype) -> tl.dtype:
+    """The (x v) * s intermediate is not an input of the user's: rounding it to float16 could overflow (a large
+    singular value times an n_in-long sum passes 65504), so only bfloat16 keeps a half second product."""
+    return _TL_DTYPE[acc] if dot == tl.float16 else dot
 
 
 def _scales(s: torch.Tensor, lead: torch.Size, k: int, dt: torch.dtype) -> tuple[torch.Tensor, int]:
@@ -76,15 +83,19 @@ def blocks(n_tok: int, k: int, acc: torch.dtype) -> dict[str, int]:
 
 def _launch(x2: torch.Tensor, v: torch.Tensor, s2: torch.Tensor, stride_sm: int, u: torch.Tensor,
             out_dtype: torch.dtype, acc: torch.dtype, store_h: bool):
+    x2 = streamed(x2, acc)
     n_tok, n_in = x2.shape
     n_out, k = u.shape
-    y = torch.empty(n_tok, n_out, device=x2.device, dtype=out_dtype)
+    y = torch.empty(n_tok, n_out, device=x2.device, dtype=torch.float64 if acc == torch.float64 else out_dtype)
     h = torch.empty(n_tok, k, device=x2.device, dtype=acc) if store_h else y
     tiles = blocks(n_tok, k, acc)
-    svd_kernel[(triton.cdiv(n_tok, tiles["BLOCK_M"]),)](
-        x2, v, s2, u, y, h, n_tok, n_in, n_out, k, stride_sm,
-        STORE_H=store_h, ACC=_TL_DTYPE[acc], DOT=dot_dtype(x2, acc=acc), **tiles)
-    return y, (h if store_h else None)
+    dot = dot_dtype(x2, acc=acc)
+    with on_device(x2):
+        svd_kernel[(triton.cdiv(n_tok, tiles["BLOCK_M"]),)](
+            x2, v, s2, u, y, h, n_tok, n_in, n_out, k, stride_sm,
+            STORE_H=store_h, ACC=_TL_DTYPE[acc], DOT=dot, DOT2=_second_dot(dot, acc), PRECISION=precision(acc),
+            **tiles)
+    return y.to(out_dtype), (h if store_h else None)
 
 
 def forward(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -136,6 +136,10 @@ def _jit_load(torch_cuda: str | None) -> types.ModuleType:
         if marker.exists():  # a failed build is not retried by every process; delete the marker to retry
             raise _Unavailable(f"JIT build failed earlier (delete {marker} to retry): {marker.read_text()[:500]}",
                                warn=True)
+        # cpp_extension.load takes torch's own FileBaton (a "lock" file in the build directory), which a killed
+        # build leaves behind, making every later build wait forever. Holding our flock, no other build of this
+        # directory is running, so a baton present now is stale.
+        (directory / "lock").unlink(missing_ok=True)
         try:
             return _jit_compile(_sources(root), root, directory)
         except Exception as exc:

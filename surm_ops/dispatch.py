@@ -132,7 +132,8 @@ def choose_auto(op: str, x: torch.Tensor, params: Sequence[torch.Tensor]) -> str
     impls = _IMPLS[op]
     if _on_gpu(x):
         for name in _GPU_BACKENDS:
-            if name in impls and not reasons(op, name, x, params) and not _skipped(impls[name], x, params):
+            # skip_auto first: reasons() of the cuda backend may load (or JIT-build) the extension.
+            if name in impls and not _skipped(impls[name], x, params) and not reasons(op, name, x, params):
                 return name
     prefer_dense = _PREFER_DENSE.get(op)
     order = ("dense", "fft") if prefer_dense is not None and prefer_dense(x, *params) else ("fft", "dense")

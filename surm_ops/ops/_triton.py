@@ -18,15 +18,15 @@ from surm_ops import dispatch
 MAX_TILE_WIDTH = 8192
 
 
-def tile_width_rule(width: Callable[..., int]) -> Callable[..., str | None]:
+def tile_width_rule(width: Callable[..., int], limit: int = MAX_TILE_WIDTH) -> Callable[..., str | None]:
     """A ``skip_auto`` that passes over triton when ``width(x, *params)`` (the reduction length of the generated
-    tiles per output element) exceeds :data:`MAX_TILE_WIDTH`."""
+    tiles per output element) exceeds ``limit``."""
 
     def skip(x, *params):
         n = width(x, *params)
-        if n > MAX_TILE_WIDTH:
-            return (f"generated tiles would reduce over {n} > {MAX_TILE_WIDTH} inputs per output; the FFT path is "
-                    "predicted faster")
+        if n > limit:
+            return (f"generated tiles would reduce over {n} > {limit} inputs per output; the structured "
+                    "(fft/factored) path is predicted faster")
         return None
 
     return skip

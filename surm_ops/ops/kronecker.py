@@ -15,7 +15,9 @@ _op = define(NAME, ["a", "b"], lambda x, a, b: a.shape[0] * b.shape[0])
 register_reference(NAME, factored.kronecker_forward, factored.kronecker_backward, dense.kronecker,
                    dense.kronecker_adjoint)
 dispatch.set_cost_model(NAME, _cost.kronecker)
-_triton.register(NAME, "kronecker", skip_auto=_triton.tile_width_rule(lambda x, a, b: x.shape[-1]))
+# Generated kron tiles cost 2 n_in FLOPs per output, the factored product 2 (q + u): the tiles only pay off while
+# n_in is small (the fused structured_linear is where the Kronecker tiles are worth it: they ride on W0's tiles).
+_triton.register(NAME, "kronecker", skip_auto=_triton.tile_width_rule(lambda x, a, b: x.shape[-1], limit=1024))
 
 
 def kronecker_matmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -38,6 +40,6 @@ def kronecker_matmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, backend:
     _validate.ndim(NAME, "b", b, (2,), "(u, v)")
     _validate.nonempty(NAME, "a", a)
     _validate.nonempty(NAME, "b", b)
-    _validate.features(NAME, x, a.shape[1] * b.shape[1],
-                       lambda: f"a.shape = {_validate.shape_str(a)} and b.shape = {_validate.shape_str(b)} (n_in = q*v)")
+    _validate.features(NAME, x, a.shape[1] * b.shape[1], lambda: (
+        f"a.shape = {_validate.shape_str(a)} and b.shape = {_validate.shape_str(b)} (n_in = q*v)"))
     return _op(x, a, b, dispatch.check_name(backend))

@@ -113,3 +113,20 @@ def test_build_dir_changes_with_the_sources(tmp_path, monkeypatch):
 def test_sources_are_found_in_this_checkout():
     root = _extension.csrc_dir()
     assert root is not None and (root / "conv" / "conv_kernels.cu").is_file()
+
+
+def test_stale_torch_baton_from_a_killed_build_is_cleared(ext, monkeypatch):
+    """torch's FileBaton ("lock" in the build directory) survives a killed build and would make cpp_extension.load
+    wait forever; under our flock no other build runs, so the JIT removes it before building."""
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(ext, "_cuda_home", lambda: "/usr/local/cuda")
+    directory = ext.build_dir(ext.csrc_dir())
+    directory.mkdir(parents=True)
+    (directory / "lock").write_text("")
+
+    def building(sources, include, build_directory):
+        assert not (build_directory / "lock").exists()
+        return types.ModuleType(ext.JIT_NAME)
+
+    monkeypatch.setattr(ext, "_jit_compile", building)
+    assert ext.status()[0]

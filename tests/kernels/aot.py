@@ -14,6 +14,7 @@ SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}  # opt-in shared memory per bloc
 # (x dtype, parameter/accumulator dtype, accumulator, tl.dot operand): what dot_dtype() picks on a GPU.
 DTYPES = [("bf16", "fp32", "float32", "bfloat16"), ("fp16", "fp32", "float32", "float16"),
           ("fp32", "fp32", "float32", "float32"), ("fp64", "fp64", "float64", "float64")]
+# Half x with float64 parameters reaches the kernels as float64 (_structured.streamed).
 
 
 def variants() -> dict[str, tuple]:
@@ -27,13 +28,13 @@ def variants() -> dict[str, tuple]:
                 const = dict(G_IN=3 if variant == "toeplitz-groups" else 1, GEN=1 if variant == "kronecker" else 0,
                              HAS_W=variant == "fused-linear", HAS_BIAS=variant == "fused-linear", ACC=acc, DOT=dot,
                              BLOCKS=16 if variant == "decode" else 4096)
-                out[f"structured_mm-{variant}-{x}-sm_{arch}"] = ("structured_mm", types, const, arch)
+                out[f"structured_mm-{variant}-{x}-{p}-sm_{arch}"] = ("structured_mm", types, const, arch)
             for tile in (64, 16):
-                out[f"diag_corr-t{tile}-{x}-sm_{arch}"] = (
+                out[f"diag_corr-t{tile}-{x}-{p}-sm_{arch}"] = (
                     "diag_corr", {"gy_ptr": f"*{x}", "x_ptr": f"*{x}", "out_ptr": f"*{p}"},
                     dict(ACC=acc, DOT=dot, T=tile, BLOCK_B=32), arch)
             for rank in (16, 128):
-                out[f"svd-k{rank}-{x}-sm_{arch}"] = (
+                out[f"svd-k{rank}-{x}-{p}-sm_{arch}"] = (
                     "svd", {"x_ptr": f"*{x}", "v_ptr": f"*{p}", "s_ptr": f"*{p}", "u_ptr": f"*{p}",
                             "y_ptr": f"*{x}", "h_ptr": f"*{p}"},
                     dict(STORE_H=True, ACC=acc, DOT=dot, RANK=rank), arch)
@@ -50,12 +51,15 @@ def compile_one(kernel: str, types: dict, const: dict, arch: int) -> str:
     from surm_ops.kernels import _structured, svd
 
     const = {k: getattr(tl, v) if k in ("ACC", "DOT") else v for k, v in const.items()}
+    acc = torch.float64 if const["ACC"] == tl.float64 else torch.float32
+    const["PRECISION"] = _structured.precision(acc)
     if kernel == "structured_mm":
         fn = _structured.structured_mm_kernel
         const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"] = _structured._mm_blocks(const.pop("BLOCKS"))
     elif kernel == "svd":
         fn = svd.svd_kernel
-        const.update(svd.blocks(4096, const.pop("RANK"), torch.float64 if const["ACC"] == tl.float64 else None))
+        const.update(svd.blocks(4096, const.pop("RANK"), acc))
+        const["DOT2"] = svd._second_dot(const["DOT"], acc)
     else:
         fn = _structured.diag_corr_kernel
     signature = {name: "constexpr" if name in const else types.get(name, "i32") for name in fn.arg_names}

@@ -209,10 +209,15 @@ def rows(t: torch.Tensor) -> torch.Tensor:
     return r if r.is_contiguous() and r.stride(-1) == 1 else r.clone(memory_format=torch.contiguous_format)
 
 
-def _mm_blocks(n_tok: int) -> tuple[int, int, int]:
-    # Fixed, untuned choices (no GPU has timed them yet): 16-row tiles for decode-sized batches keep one launch
-    # cheap; tl.dot needs every tile dimension >= 16 on a GPU.
-    return (16 if n_tok <= 16 else 64), 64, 32
+def mm_blocks(n_tok: int, half: bool) -> dict[str, int]:
+    """Tiles of structured_mm. Fixed, untuned choices (no GPU has timed them yet): 16-row tiles for decode-sized
+    batches keep one launch cheap; tl.dot needs every tile dimension >= 16 on a GPU. 64 x 64 tiles get 8 warps and
+    full-precision products (three TF32 MMAs) a K step of 16: otherwise some variants spill registers on sm_90 or
+    sm_80 (tests/kernels checks every variant for spills)."""
+    block_k = 32 if half else 16
+    if n_tok <= 16:
+        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=block_k, num_warps=4)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=block_k, num_warps=8)
 
 
 def structured_mm(x: torch.Tensor, gen: Toeplitz | Kronecker, out_dtype: torch.dtype, *,
@@ -248,8 +253,9 @@ def structured_mm(x: torch.Tensor, gen: Toeplitz | Kronecker, out_dtype: torch.d
         kind = KRONECKER
     sx = (0, xs.stride(0)) if sum_groups else (0, 0)
     w = weight if weight is not None else e
-    block_m, block_n, block_k = _mm_blocks(n_tok)
-    grid = (triton.cdiv(n_tok, block_m), triton.cdiv(n_out, block_n), g_out)
+    dot = dot_dtype(x, *(() if weight is None else (weight,)), acc=acc)
+    tiles = mm_blocks(n_tok, half=dot in (tl.float16, tl.bfloat16))
+    grid = (triton.cdiv(n_tok, tiles["BLOCK_M"]), triton.cdiv(n_out, tiles["BLOCK_N"]), g_out)
     bias = bias.contiguous() if bias is not None else None
     with on_device(x):
         structured_mm_kernel[grid](
@@ -258,15 +264,20 @@ def structured_mm(x: torch.Tensor, gen: Toeplitz | Kronecker, out_dtype: torch.d
             *sx, xs.stride(1), *se, w.stride(0) if weight is not None else 0, w.stride(1) if weight is not None else 0,
             y.stride(0), y.stride(1), float(scale),
             G_IN=g_in, GEN=kind, HAS_W=weight is not None, HAS_BIAS=bias is not None,
-            ACC=_TL_DTYPE[acc], DOT=dot_dtype(x, *(() if weight is None else (weight,)), acc=acc),
-            PRECISION=precision(acc), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+            ACC=_TL_DTYPE[acc], DOT=dot, PRECISION=precision(acc), **tiles)
     y = y.to(out_dtype)
     return y if groups_out > 1 else y[0]
 
 
-def _tile(bo: int, bi: int, blocked: bool) -> int:
-    """The diagonal tile: as large as tensor cores like, and dividing the blocks when there are several."""
-    for t in (64, 32, 16):
+def corr_warps(t: int) -> int:
+    """64 x 64 accumulator tiles spill with 4 warps in float32/float64 on sm_90; 8 hold them in registers."""
+    return 8 if t == 64 else 4
+
+
+def _tile(bo: int, bi: int, blocked: bool, half: bool) -> int:
+    """The diagonal tile: as large as tensor cores like, dividing the blocks when there are several. Full-precision
+    products (three TF32 MMAs per product) stop at 32: 64 x 64 spills registers on sm_80 even with 8 warps."""
+    for t in (64, 32, 16) if half else (32, 16):
         if (bo % t == 0 and bi % t == 0) or (not blocked and min(bo, bi) >= t):
             return t
     return 16
@@ -282,7 +293,8 @@ def diag_corr(gy: torch.Tensor, x: torch.Tensor, p: int, q: int, bo: int, bi: in
     xs = x if x.ndim == 3 else x.unsqueeze(0)
     assert gys.stride(-1) == 1 and xs.stride(-1) == 1
     n_tok = xs.shape[1]
-    t = _tile(bo, bi, p * q > 1)
+    dot = dot_dtype(gy, x, acc=acc)
+    t = _tile(bo, bi, p * q > 1, half=dot in (tl.float16, tl.bfloat16))
     n_ti, n_tj = triton.cdiv(bo, t), triton.cdiv(bi, t)
     n_diag = n_ti + n_tj - 1
     block_b = 32
@@ -296,7 +308,8 @@ def diag_corr(gy: torch.Tensor, x: torch.Tensor, p: int, q: int, bo: int, bi: in
             gys, xs, part, n_tok, q, bo, bi, chunk,
             gys.stride(0) if gys.shape[0] > 1 else 0, gys.stride(1),
             xs.stride(0) if xs.shape[0] > 1 else 0, xs.stride(1), part.stride(0),
-            ACC=_TL_DTYPE[acc], DOT=dot_dtype(gy, x, acc=acc), PRECISION=precision(acc), T=t, BLOCK_B=block_b)
+            ACC=_TL_DTYPE[acc], DOT=dot, PRECISION=precision(acc), T=t, BLOCK_B=block_b,
+            num_warps=corr_warps(t))
     # Fold: tile diagonals -> block-diagonal vectors (stride t, length 2t - 1, overlapping by t - 1).
     sums = torch.nn.functional.pad(_diagonal_sums(part.sum(2)), (0, 1)).reshape(groups, p * q, n_diag, 2, t)
     folded = sums.new_zeros(groups, p * q, n_diag + 1, t)

@@ -29,7 +29,7 @@ def variants() -> dict[str, tuple]:
                              HAS_W=variant == "fused-linear", HAS_BIAS=variant == "fused-linear", ACC=acc, DOT=dot,
                              BLOCKS=16 if variant == "decode" else 4096)
                 out[f"structured_mm-{variant}-{x}-{p}-sm_{arch}"] = ("structured_mm", types, const, arch)
-            for tile in (64, 16):
+            for tile in ((64, 16) if x in ("bf16", "fp16") else (32, 16)):  # _structured._tile's choices
                 out[f"diag_corr-t{tile}-{x}-{p}-sm_{arch}"] = (
                     "diag_corr", {"gy_ptr": f"*{x}", "x_ptr": f"*{x}", "out_ptr": f"*{p}"},
                     dict(ACC=acc, DOT=dot, T=tile, BLOCK_B=32), arch)
@@ -55,21 +55,47 @@ def compile_one(kernel: str, types: dict, const: dict, arch: int) -> str:
     const["PRECISION"] = _structured.precision(acc)
     if kernel == "structured_mm":
         fn = _structured.structured_mm_kernel
-        const["BLOCK_M"], const["BLOCK_N"], const["BLOCK_K"] = _structured._mm_blocks(const.pop("BLOCKS"))
+        const.update(_structured.mm_blocks(const.pop("BLOCKS"), half=const["DOT"] in (tl.float16, tl.bfloat16)))
     elif kernel == "svd":
         fn = svd.svd_kernel
         const.update(svd.blocks(4096, const.pop("RANK"), acc))
         const["DOT2"] = svd._second_dot(const["DOT"], acc)
     else:
         fn = _structured.diag_corr_kernel
+        const["num_warps"] = _structured.corr_warps(const["T"])
+    options = {"num_warps": const.pop("num_warps")}  # the launchers' choice, not a kernel argument
     signature = {name: "constexpr" if name in const else types.get(name, "i32") for name in fn.arg_names}
     compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=const),
-                              target=GPUTarget("cuda", arch, 32))
+                              target=GPUTarget("cuda", arch, 32), options=options)
     if not compiled.asm.get("cubin"):
         return "no SASS produced"
     if compiled.metadata.shared > SHARED_LIMIT[arch]:
         return f"needs {compiled.metadata.shared} bytes of shared memory (limit {SHARED_LIMIT[arch]})"
+    usage = _resource_usage(compiled.asm["cubin"])
+    # A spill is a stack frame at the register cap, or a sizeable one; an 8-byte frame at 80 registers is not
+    # pressure. float64 kernels exist to check precision (gradcheck on a GPU); a spill there costs only speed.
+    stack = usage.get("STACK", 0) + usage.get("LOCAL", 0)
+    if (stack > 16 or (stack and usage.get("REG", 0) >= 248)) and acc != torch.float64:
+        return f"spills registers: {usage}"
     return "ok"
+
+
+def _resource_usage(cubin: bytes) -> dict[str, int]:
+    """cuobjdump -res-usage of a cubin (the tool ships inside triton's NVIDIA backend): REG, STACK, LOCAL, ..."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"\b([A-Z]+):(\d+)", out)}
 
 
 def main(ids: list[str]) -> None:

@@ -19,8 +19,10 @@ rc=0
 stage_build() {
   { nvidia-smi; $py -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"; } \
     > "$out/device.txt" 2>&1
+  # A clean copy of what the wheel is built from (the device's copy of the tree may carry no .git).
   local src; src="$(mktemp -d)"
-  git archive HEAD | tar -x -C "$src"
+  cp -r csrc kernels surm_ops scripts setup.py pyproject.toml MANIFEST.in README.md "$src"/
+  find "$src" \( -name '__pycache__' -o -name '*.so' \) -prune -exec rm -rf {} +
   local t0=$SECONDS
   (cd "$src" && bash scripts/build_wheel.sh --require-cuda) > "$out/wheel-build.log" 2>&1 || rc=1
   echo "wheel build: $((SECONDS - t0)) s" | tee -a "$out/wheel-build.log"
@@ -43,7 +45,8 @@ stage_test() {
 }
 
 stage_bench() {
-  export SURM_BENCH_COMMIT="${SURM_BENCH_COMMIT:-$(git rev-parse --short HEAD)}"
+  # Pass SURM_BENCH_COMMIT=<sha> where the tree has no .git (the rows record it).
+  export SURM_BENCH_COMMIT="${SURM_BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
   $py bench/run.py 2>&1 | tee "$out/bench.log"
   [[ ${PIPESTATUS[0]} == 0 ]] || rc=1
   cp bench/results/gpu* "$out/" 2>/dev/null || true

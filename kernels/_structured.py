@@ -17,7 +17,8 @@ Toeplitz matrix is p = q = 1; a circulant is a Toeplitz matrix with ``e = cat(c[
 
 Numerics: inputs are upcast right after loading (the interpreter computes bfloat16 wrongly); the product runs on
 tensor cores in x's half dtype when x is half (as a plain low-precision matmul would; design.md's accuracy bar),
-in float32 with IEEE precision otherwise, accumulating in float32 (float64 for float64 inputs).
+otherwise as three TF32 products (``tf32x3``, about float32's accuracy) for float32 and exactly for float64,
+accumulating in float32 (float64 for float64 inputs).
 """
 
 from __future__ import annotations

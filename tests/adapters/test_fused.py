@@ -77,8 +77,9 @@ def test_fused_layer_on_gpu(method, options, monkeypatch):
     unfused layer (fuse=False) within bf16 rounding, gradients included."""
     monkeypatch.delenv("SURM_BACKEND", raising=False)
     options = {**options, "block_size": 64} if "block_size" in options else options
-    layer = _layer(method, options, 768, 1024, dtype=torch.bfloat16).cuda()
-    _perturb(layer)
+    layer = _layer(method, options, 768, 1024, dtype=torch.bfloat16)
+    _perturb(layer)  # on CPU: it draws from a CPU generator
+    layer = layer.cuda()
     x = torch.randn(4096, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     assert fusable(x)
     got = _run(layer, x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +52,20 @@ def environment(device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"device": name, "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda or "",
             "threads": torch.get_num_threads()}
+
+
+def cpu_busy(seconds: float) -> float | None:
+    """The fraction of CPU time other work used over ``seconds`` (sampled from /proc/stat; None off Linux): busy
+    CPUs make torch's threads wait for each other's next time slice, and timings swing by orders of magnitude."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)

@@ -64,21 +64,9 @@ def run_pytest(cmd: list[str], env: dict) -> int:
 
 
 def busy_warning(seconds: float = 0.5) -> str | None:
-    """A warning when other processes keep the CPUs busy right before the run (sampled from /proc/stat; Linux
-    only): torch's threads then wait for each other's next time slice and timings swing by orders of magnitude."""
-
-    def sample():
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    busy = 1 - (idle1 - idle0) / max(total1 - total0, 1)
-    if busy < 0.2:
+    """A warning when other processes keep the CPUs busy right before the run (:func:`bench.meta.cpu_busy`)."""
+    busy = meta.cpu_busy(seconds)
+    if busy is None or busy < 0.2:
         return None
     return (f"Warning: the CPUs were {busy:.0%} busy with other work just before this run; timings may be noisy "
             "(compare ratios within a run, or rerun on an idle machine).")

@@ -320,3 +320,16 @@ def diag_corr(gy: torch.Tensor, x: torch.Tensor, p: int, q: int, bo: int, bi: in
     folded[:, :, 1:] += sums[:, :, :, 1]
     start = n_tj * t - bi  # masked columns of the last partial tile shift the origin
     return folded.reshape(groups, p, q, -1)[..., start:start + bo + bi - 1]
+
+
+def toeplitz_grads(grad: torch.Tensor, x: torch.Tensor, gen: Toeplitz, need_x: bool, need_e: bool,
+                   acc: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The backward of ``x @ M^T`` for one (block-)Toeplitz generator: grad_x (x's shape and dtype) and the
+    gradient of its diagonals ``e`` (p, q, bo + bi - 1) in ``acc``; each ``None`` where not needed."""
+    g2 = rows(grad)
+    gx = structured_mm(g2, gen.transposed(), x.dtype, acc=acc).reshape(x.shape) if need_x else None
+    ge = None
+    if need_e:
+        p, q = gen.e.shape[1:3]
+        ge = diag_corr(g2, rows(x), p, q, gen.bo, gen.bi, acc=acc)[0]
+    return gx, ge

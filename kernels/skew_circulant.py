@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops._validate import compute_dtype
-from surm_ops.kernels._structured import Toeplitz, diag_corr, rows, structured_mm
+from surm_ops.kernels._structured import Toeplitz, rows, structured_mm, toeplitz_grads
 from surm_ops.reference.dense import skew_circulant_diagonals, skew_circulant_diagonals_adjoint
 
 
@@ -22,11 +22,5 @@ def forward(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 def backward(grad, x, c, needs):
     dt = compute_dtype(x, c)
-    gen = generator(c, dt)
-    g2 = rows(grad)
-    gx = structured_mm(g2, gen.transposed(), x.dtype, acc=dt).reshape(x.shape) if needs[0] else None
-    gc = None
-    if needs[1]:
-        n = c.shape[-1]
-        gc = skew_circulant_diagonals_adjoint(diag_corr(g2, rows(x), 1, 1, n, n, acc=dt)[0, 0, 0]).to(c.dtype)
-    return [gx, gc]
+    gx, ge = toeplitz_grads(grad, x, generator(c, dt), needs[0], needs[1], dt)
+    return [gx, skew_circulant_diagonals_adjoint(ge[0, 0]).to(c.dtype) if needs[1] else None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops._validate import compute_dtype
-from surm_ops.kernels._structured import Toeplitz, diag_corr, rows, structured_mm
+from surm_ops.kernels._structured import Toeplitz, rows, structured_mm, toeplitz_grads
 from surm_ops.reference.dense import toeplitz_diagonals, toeplitz_diagonals_adjoint
 
 
@@ -21,12 +21,9 @@ def forward(x: torch.Tensor, col: torch.Tensor, row: torch.Tensor) -> torch.Tens
 
 def backward(grad, x, col, row, needs):
     dt = compute_dtype(x, col, row)
-    gen = generator(col, row, dt)
-    g2 = rows(grad)
-    gx = structured_mm(g2, gen.transposed(), x.dtype, acc=dt).reshape(x.shape) if needs[0] else None
+    gx, ge = toeplitz_grads(grad, x, generator(col, row, dt), needs[0], needs[1] or needs[2], dt)
     gcol = grow = None
     if needs[1] or needs[2]:
-        ge = diag_corr(g2, rows(x), 1, 1, col.shape[0], row.shape[0], acc=dt)[0, 0, 0]
-        gcol, grow = toeplitz_diagonals_adjoint(ge, row.shape[0])
+        gcol, grow = toeplitz_diagonals_adjoint(ge[0, 0], row.shape[0])
         gcol, grow = gcol.to(col.dtype) if needs[1] else None, grow.to(row.dtype) if needs[2] else None
     return [gx, gcol, grow]

@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from bench import meta  # noqa: E402
 from bench.finetune.tasks import TASKS, Task, select  # noqa: E402
 from bench.finetune.train import Result, run_spec  # noqa: E402
 
@@ -76,19 +77,9 @@ def _machine() -> str:
 
 
 def cpu_busy(seconds: float = 1.0) -> str:
-    """How busy the CPUs were over ``seconds`` before the run (from /proc/stat): other work on the machine slows
-    every row and stalls multi-threaded steps."""
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return "unknown"
-    return f"{100 * (1 - (idle1 - idle0) / max(total1 - total0, 1)):.0f}%"
+    """How busy the CPUs were over ``seconds`` before the run (:func:`bench.meta.cpu_busy`)."""
+    busy = meta.cpu_busy(seconds)
+    return "unknown" if busy is None else f"{100 * busy:.0f}%"
 
 
 # ------------------------------------------------------------------------------------------------------- table

@@ -14,14 +14,14 @@ import triton
 import triton.language as tl
 
 from surm_ops._validate import compute_dtype
-from surm_ops.kernels._structured import _TL_DTYPE, dot_dtype, on_device, precision, rows, streamed
+from surm_ops.kernels._structured import _TL_DTYPE, dot_dtype, emulating, mma, on_device, precision, rows, streamed
 
 
 @triton.jit
 def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
                n_tok, n_in, n_out, k, stride_sm,
                STORE_H: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, DOT2: tl.constexpr,
-               PRECISION: tl.constexpr,
+               PRECISION: tl.constexpr, EMULATE: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     """x (n_tok, n_in), v (n_in, k), s (n_tok or 1, k) with row stride ``stride_sm``, u (n_out, k), all contiguous;
     y (n_tok, n_out); h (n_tok, k) receives ``x v`` when STORE_H."""
@@ -38,10 +38,7 @@ def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
                      other=0.0).to(ACC)
         vt = tl.load(v_ptr + offs_k[:, None] * k + offs_r[None, :], mask=(offs_k[:, None] < n_in) & r_mask[None, :],
                      other=0.0).to(ACC)
-        if DOT == ACC:
-            h = tl.dot(xt, vt, h, input_precision=PRECISION, out_dtype=ACC)
-        else:
-            h = tl.dot(xt.to(DOT), vt.to(DOT), h)
+        h = mma(xt, vt, h, ACC, DOT, PRECISION, EMULATE)
     if STORE_H:
         tl.store(h_ptr + rows_m[:, None] * k + offs_r[None, :], h, mask=m_mask & r_mask[None, :])
     h = h * tl.load(s_ptr + rows_m[:, None] * stride_sm + offs_r[None, :], mask=m_mask & r_mask[None, :],
@@ -50,10 +47,7 @@ def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
         offs_n = n0 + tl.arange(0, BLOCK_N)
         ut = tl.load(u_ptr + offs_n[None, :] * k + offs_r[:, None], mask=(offs_n[None, :] < n_out) & r_mask[:, None],
                      other=0.0).to(ACC)
-        if DOT2 == ACC:
-            y = tl.dot(h, ut, input_precision=PRECISION, out_dtype=ACC)
-        else:
-            y = tl.dot(h.to(DOT2), ut.to(DOT2))
+        y = mma(h, ut, tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC), ACC, DOT2, PRECISION, EMULATE)
         tl.store(y_ptr + rows_m[:, None] * n_out + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
                  mask=m_mask & (offs_n[None, :] < n_out))
 
@@ -72,38 +66,45 @@ def _scales(s: torch.Tensor, lead: torch.Size, k: int, dt: torch.dtype) -> tuple
     return rows(s_.expand(*lead, k)), k
 
 
-def blocks(n_tok: int, k: int, acc: torch.dtype) -> dict[str, int]:
+def blocks(n_tok: int, k: int, acc: torch.dtype, wide: bool) -> dict[str, int]:
     """Tile sizes (fixed, untuned: no GPU has timed them): narrower token blocks where the rank tile is wide or
-    float64, so the (BLOCK_M x BLOCK_R) tile and u's tiles fit sm_80's shared memory."""
+    float64, so the (BLOCK_M x BLOCK_R) tile and u's tiles fit in shared memory. ``wide``: a product takes float32
+    operands (twice a half operand's bytes); above rank 64 it gets narrower output tiles, or it needs more than the
+    99 KB of shared memory that sm_86, sm_89 and sm_120 give a block (tests/kernels checks every variant)."""
     block_r = max(16, triton.next_power_of_2(k))
     if acc == torch.float64:  # checking precision, not speed
         return dict(BLOCK_M=16, BLOCK_K=16, BLOCK_R=block_r, BLOCK_N=32, num_warps=4)
     block_m = 16 if n_tok <= 16 else 32 if block_r > 64 else 64
+    block_n = 32 if wide and block_r > 64 else 64
     # 8 warps where the register tiles are large: with 4, rank 128 spills on sm_90 (tests/kernels checks).
-    return dict(BLOCK_M=block_m, BLOCK_K=32, BLOCK_R=block_r, BLOCK_N=64, num_warps=4 if block_m == 16 else 8)
+    return dict(BLOCK_M=block_m, BLOCK_K=32, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=4 if block_m == 16 else 8)
 
 
 def _launch(x2: torch.Tensor, v: torch.Tensor, s2: torch.Tensor, stride_sm: int, u: torch.Tensor,
-            out_dtype: torch.dtype, acc: torch.dtype, store_h: bool):
+            out_dtype: torch.dtype, acc: torch.dtype, store_h: bool, dot: tl.dtype):
+    """``((x2 v) * s2) u^T`` (and ``x2 v`` when ``store_h``); ``dot`` is the first product's operand dtype."""
     x2 = streamed(x2, acc)
     n_tok, n_in = x2.shape
     n_out, k = u.shape
     y = torch.empty(n_tok, n_out, device=x2.device, dtype=torch.float64 if acc == torch.float64 else out_dtype)
     h = torch.empty(n_tok, k, device=x2.device, dtype=acc) if store_h else y
-    tiles = blocks(n_tok, k, acc)
-    dot = dot_dtype(x2, acc=acc)
+    # The second product only ever feeds y (or grad x): its operands follow x's precision.
+    dot2 = _second_dot(dot_dtype(x2, acc=acc), acc)
+    tiles = blocks(n_tok, k, acc, wide=dot == _TL_DTYPE[acc] or dot2 == _TL_DTYPE[acc])
     with on_device(x2):
         svd_kernel[(triton.cdiv(n_tok, tiles["BLOCK_M"]),)](
             x2, v, s2, u, y, h, n_tok, n_in, n_out, k, stride_sm,
-            STORE_H=store_h, ACC=_TL_DTYPE[acc], DOT=dot, DOT2=_second_dot(dot, acc), PRECISION=precision(acc),
-            **tiles)
+            STORE_H=store_h, ACC=_TL_DTYPE[acc], DOT=dot, DOT2=dot2, PRECISION=precision(acc),
+            EMULATE=emulating(), **tiles)
     return y.to(out_dtype), (h if store_h else None)
 
 
 def forward(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     dt = compute_dtype(x, u, s, v)
     s2, stride_sm = _scales(s, x.shape[:-1], u.shape[1], dt)
-    y, _ = _launch(rows(x), v.to(dt).contiguous(), s2, stride_sm, u.to(dt).contiguous(), x.dtype, dt, False)
+    x2 = rows(x)
+    y, _ = _launch(x2, v.to(dt).contiguous(), s2, stride_sm, u.to(dt).contiguous(), x.dtype, dt, False,
+                   dot_dtype(x2, acc=dt))
     return y.reshape(*x.shape[:-1], u.shape[0])
 
 
@@ -113,7 +114,8 @@ def backward(grad, x, u, s, v, needs):
     u_, v_ = u.to(dt).contiguous(), v.to(dt).contiguous()
     s2, stride_sm = _scales(s, x.shape[:-1], k, dt)
     g2 = rows(grad)
-    gx, gw = _launch(g2, u_, s2, stride_sm, v_, x.dtype, dt, True)  # gw = grad @ u
+    # gw = grad @ u feeds the gradients of s and v: full-precision operands unless u is itself half like grad.
+    gx, gw = _launch(g2, u_, s2, stride_sm, v_, x.dtype, dt, True, dot_dtype(g2, u, acc=dt))
     gu = gs = gv = None
     if needs[1] or needs[2]:
         t = rows(x).to(dt) @ v_

@@ -66,3 +66,16 @@ def apply(name, x, *params):
     """y = x @ M.T in float64 (per token where M is)."""
     m = matrices(name, x.shape[:-1], *params)
     return torch.einsum("...ij,...j->...i", m, x)
+
+
+def block_toeplitz(e, n_out, n_in):
+    """``M[P*bo + i, Q*bi + j] = e[P, Q, i - j + bi - 1]`` for e (p, q, bo + bi - 1), column by column from the
+    formula (the layout ``structured_linear`` documents)."""
+    p, q, _ = e.shape
+    bo, bi = n_out // p, n_in // q
+    rows = torch.arange(n_out)
+    cols = []
+    for col in range(n_in):
+        blk_q, j = divmod(col, bi)
+        cols.append(e[rows // bo, blk_q, rows % bo - j + bi - 1])
+    return torch.stack(cols, dim=1)

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from surm_ops._validate import compute_dtype
-from surm_ops.kernels._structured import _TL_DTYPE, dot_dtype, emulating, mma, on_device, precision, rows, streamed
+from surm_ops.kernels._structured import _TL_DTYPE, cast, dot_dtype, emulating, mma, on_device, precision, rows, streamed
 
 
 @triton.jit
@@ -48,7 +48,7 @@ def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
         ut = tl.load(u_ptr + offs_n[None, :] * k + offs_r[:, None], mask=(offs_n[None, :] < n_out) & r_mask[:, None],
                      other=0.0).to(ACC)
         y = mma(h, ut, tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC), ACC, DOT2, PRECISION, EMULATE)
-        tl.store(y_ptr + rows_m[:, None] * n_out + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
+        tl.store(y_ptr + rows_m[:, None] * n_out + offs_n[None, :], cast(y, y_ptr.dtype.element_ty, EMULATE),
                  mask=m_mask & (offs_n[None, :] < n_out))
 
 

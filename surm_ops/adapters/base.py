@@ -116,6 +116,14 @@ class AdaptedLinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Code that ties weights by assignment (transformers' tie_weights: ``lm_head.weight = embed.weight``) ties
+        # the frozen base's weight.
+        if name in ("weight", "bias") and "base" in self._modules:
+            setattr(self.base, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def param_dtype(self) -> torch.dtype:
         """float32 adapters on half models (design §2.2): the update is computed in float32, cast once."""
         dt = self.base.weight.dtype

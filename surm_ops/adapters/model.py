@@ -188,11 +188,24 @@ def _build(method: str, config: Any, matched) -> tuple[dict[int, nn.Module], dic
             resolved = {"threshold": theta, "ranks": ranks}
     if method != "condlora":
         return {id(m): cls(m, configs[name], name) for name, m, _ in matched}, {}, resolved
-    # CondLoRA: one maps module per module type, shared by every layer of that type.
+    # CondLoRA: one maps module per module type, shared by every layer of that type. The type is the last name
+    # component; where layers of one name differ in shape (GPT-2's attn.c_proj 32 -> 32, mlp.c_proj 128 -> 32)
+    # each shape is its own type, keyed "<name>_<d_in>x<d_out>".
+    dims = {}
+    for name, m, _ in matched:
+        try:
+            dims[name] = linear_dims(m, None, name, method)[:2]
+        except TypeError:
+            dims[name] = None  # the layer constructor raises the error, naming the layer
+    shapes: dict[str, set] = {}
+    for name, d in dims.items():
+        shapes.setdefault(condlora_group_key(name), set()).add(d)
     maps: dict[str, CondLoRAMaps] = {}
     layers = {}
     for name, m, _ in matched:
         key = condlora_group_key(name)
+        if len(shapes[key]) > 1 and dims[name] is not None:
+            key = f"{key}_{dims[name][0]}x{dims[name][1]}"
         if key not in maps:
             try:
                 maps[key] = CondLoRAMaps.for_linear(m, config)

@@ -27,8 +27,8 @@ from surm_ops.adapters.registry import METHODS, make_config, method_class
 from surm_ops.adapters.rmlora import (
     RandomMasker,
     RMLoRAConfig,
-    RMLoRATraining,
     RMLoRALinear,
+    RMLoRATraining,
     orthogonality_loss,
     regularized_loss,
 )

@@ -125,7 +125,8 @@ class CondLoRALinear(AdaptedLinear):
             raise ValueError(f"condlora: form='square' needs a square layer; layer {name!r} is {d_in} -> {d_out} "
                              "(use form='rectangular')")
         if maps is None:
-            self.cond_maps = CondLoRAMaps.for_linear(base, config, fan_in_fan_out=self.fan_in_fan_out)  # owned: a registered submodule
+            # owned: a registered submodule
+            self.cond_maps = CondLoRAMaps.for_linear(base, config, fan_in_fan_out=self.fan_in_fan_out)
         else:
             if (maps.r, maps.d_in, maps.d_out, maps.form) != (config.r, d_in, d_out, config.form):
                 raise ValueError(f"condlora: the shared maps ({maps.extra_repr()}) do not fit layer {name!r} "

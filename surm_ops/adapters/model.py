@@ -481,7 +481,7 @@ def unload(model: nn.Module, merge: bool = True) -> nn.Module:
     if merge:
         _check_mergeable(root, "unload")
     slots = []  # every name a layer is registered under (a shared module has several)
-    for name, module in root.named_modules(remove_duplicate=False):
+    for module in root.modules(remove_duplicate=False):
         for attr, child in module._modules.items():
             if isinstance(child, ADAPTED_TYPES):
                 slots.append((module, attr, child))

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import types
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -295,7 +294,7 @@ def inject(model: nn.Module, method: str, target_modules: str | Sequence[str] | 
     setattr(model, CONFIG_ATTR, meta)
     model.__dict__[_FLAGS_ATTR] = flags  # for unload: the flags the user had
     if callable(getattr(type(model), "resize_token_embeddings", None)):  # a transformers PreTrainedModel
-        model.__dict__["resize_token_embeddings"] = types.MethodType(_guarded_resize_token_embeddings, model)
+        model.__dict__["resize_token_embeddings"] = _ResizeGuard(model)
     return model
 
 
@@ -323,17 +322,24 @@ def _find_modules_to_save(model: nn.Module, modules_to_save, matched) -> list[st
     return names
 
 
-def _guarded_resize_token_embeddings(self, *args, **kwargs):
-    """transformers' ``resize_token_embeddings``, refused (before anything changes) when an embedding or the output
-    layer carries an adapter, whose shape would no longer fit the vocabulary."""
-    for getter in ("get_input_embeddings", "get_output_embeddings"):
-        module = getattr(self, getter)()
-        if isinstance(module, ADAPTED_TYPES):
-            name = next((n for n, m in self.named_modules() if m is module), getter)
-            raise RuntimeError(f"resize_token_embeddings: {name!r} carries a {module.method} adapter whose shape is "
-                               "tied to the vocabulary size; nothing was resized. Resize before inject, or "
-                               "surm_ops.unload(model) first")
-    return type(self).resize_token_embeddings(self, *args, **kwargs)
+class _ResizeGuard:
+    """transformers' ``resize_token_embeddings`` for an injected model, refused (before anything changes) when an
+    embedding or the output layer carries an adapter, whose shape would no longer fit the vocabulary. An object, not
+    a bound method, so that the model still pickles and deep-copies."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        model = self.model
+        for getter in ("get_input_embeddings", "get_output_embeddings"):
+            module = getattr(model, getter)()
+            if isinstance(module, ADAPTED_TYPES):
+                name = next((n for n, m in model.named_modules() if m is module), getter)
+                raise RuntimeError(f"resize_token_embeddings: {name!r} carries a {module.method} adapter whose shape "
+                                   "is tied to the vocabulary size; nothing was resized. Resize before inject, or "
+                                   "surm_ops.unload(model) first")
+        return type(model).resize_token_embeddings(model, *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------- layer discovery
@@ -701,6 +707,13 @@ def _report_rows(model: nn.Module) -> list[tuple[str, str, int, int | None]]:
             method = f"{members[0].method} ({len(members)} layers)" if members else "condlora"
             rows.append((f"{CONDLORA_ATTR}.{key}", method, sum(p.numel() for p in m.parameters() if p.requires_grad),
                          members[0].expected_parameters() if members else None))
+    for prefix, root in model.named_modules():  # modules_to_save: one row each, trained and saved whole
+        meta = getattr(root, CONFIG_ATTR, None)
+        for name in meta.get("modules_to_save", []) if isinstance(meta, dict) else []:
+            params = [p for p in root.get_submodule(name).parameters() if id(p) not in counted]
+            counted.update(id(p) for p in params)
+            rows.append((f"{prefix}.{name}" if prefix else name, "saved whole",
+                         sum(p.numel() for p in params if p.requires_grad), None))
     other = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in counted)
     if other:
         rows.append(("(other trainable parameters)", "-", other, None))
@@ -709,7 +722,8 @@ def _report_rows(model: nn.Module) -> list[tuple[str, str, int, int | None]]:
 
 def trainable_parameters(model: nn.Module) -> tuple[list[tuple[str, int]], int]:
     """``([(name, trainable count), ...], total)``: one row per adapted layer, one per CondLoRA shared map (named
-    ``surm_condlora.<type>``; its layers own no parameters) and, if anything else is trainable, a row
+    ``surm_condlora.<type>``; its layers own no parameters), one per module in ``modules_to_save`` and, if
+    anything else is trainable, a row
     ``"(other trainable parameters)"``. The total is every trainable parameter of the model, counted once."""
     rows = [(name, count) for name, _, count, _ in _report_rows(model)]
     return rows, sum(count for _, count in rows)

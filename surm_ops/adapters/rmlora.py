@@ -101,6 +101,11 @@ class RMLoRALinear(LoRALinear):
     def trainer(self, value: RMLoRATraining | RandomMasker | None) -> None:
         self._trainer_ref = None if value is None else weakref.ref(value)
 
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a weak reference does not pickle; a loaded copy is not attached
+        state.pop("_trainer_ref", None)
+        return state
+
     def init_a(self) -> None:
         nn.init.normal_(self.lora_A, std=0.02)
 

@@ -172,6 +172,15 @@ def test_modules_to_save_train_and_round_trip_through_the_adapter_file(tmp_path)
     assert torch.equal(fresh.head.weight, model.head.weight)  # the trained head stays
 
 
+def test_parameter_report_lists_the_modules_to_save():
+    outer = nn.Module()
+    outer.body = inject(toy(), "lora", ["q"], modules_to_save=["head"], r=2)
+    rows, total = surm_ops.adapters.trainable_parameters(outer)
+    assert rows[-1] == ("body.head", 32 * 4 + 4)
+    assert total == 2 * 2 * (2 * 32) + 32 * 4 + 4
+    assert "body.head" in surm_ops.parameter_report(outer) and "saved whole" in surm_ops.parameter_report(outer)
+
+
 @pytest.mark.parametrize("modules,match", [
     (["classifier"], r"no module of Toy is named 'classifier'.*'blocks.0.q'"),
     (["blocks.0"], "overlaps the adapted layer 'blocks.0.q'"),

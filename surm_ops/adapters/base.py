@@ -23,7 +23,7 @@ from surm_ops.adapters._util import apply_keeping_float
 from surm_ops.ops.structured_linear import fusable
 
 
-def _is_conv1d(module: nn.Module) -> bool:
+def is_conv1d(module: nn.Module) -> bool:
     """transformers' ``pytorch_utils.Conv1D`` (matched by name and shape, so transformers need not be installed)."""
     w = getattr(module, "weight", None)
     return (type(module).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.ndim == 2
@@ -47,7 +47,7 @@ def linear_dims(module: nn.Module, fan_in_fan_out: bool | None = None, name: str
                              "for layers computing x @ W (transformers Conv1D)")
         return module.in_features, module.out_features, False
     if fan_in_fan_out is None:
-        if not _is_conv1d(module):
+        if not is_conv1d(module):
             raise TypeError(f"{label}can only adapt nn.Linear layers (or transformers Conv1D, or a layer with a 2-D "
                             f"weight given fan_in_fan_out=); {what} is {type(module).__name__}")
         fan_in_fan_out = True
@@ -139,6 +139,7 @@ class AdaptedLinear(nn.Module):
                 warnings.warn(f"{self.method} layer {self.layer_name!r} is merged: its adapter gets no gradient; "
                               "unmerge(model) before training", stacklevel=2)
             return self.base(x)
+        # The fused kernel takes the frozen weight as (out, in); a Conv1D's (in, out) weight takes the plain path.
         update = self.fused_update() if self.fuse and not self.fan_in_fan_out else None
         if update is not None and fusable(x):
             return surm_ops.structured_linear(x, self.base.weight, self.base.bias, update[0], *update[1])

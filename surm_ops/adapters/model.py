@@ -34,7 +34,7 @@ from torch import nn
 
 import surm_ops
 from surm_ops.adapters.adapter import ADAPTER_METHOD, SURMAdapter
-from surm_ops.adapters.base import AdaptedLinear, _is_conv1d, linear_dims
+from surm_ops.adapters.base import AdaptedLinear, is_conv1d, linear_dims
 from surm_ops.adapters.condlora import CondLoRAMaps, condlora_group_key
 from surm_ops.adapters.registry import METHODS, build_config, make_config, method_class
 from surm_ops.adapters.sara import MoSARAConfig, SARAConfig, ranks_for_budget
@@ -123,7 +123,7 @@ def _find_targets(model: nn.Module, target_modules, method: str) -> list[tuple[s
             # nn.MultiheadAttention reads out_proj.weight directly, never calling out_proj: an adapter there would
             # silently do nothing, so "every nn.Linear" skips it and naming it explicitly is an error. A layer whose
             # weight is tied to another module's (a tied lm_head) is skipped: it could never be merged.
-            hit = ((isinstance(module, nn.Linear) or _is_conv1d(module)) and key not in mha_out_proj
+            hit = ((isinstance(module, nn.Linear) or is_conv1d(module)) and key not in mha_out_proj
                    and id(module.weight) not in shared)
         else:
             hit = any(match(n) for n in module_names)

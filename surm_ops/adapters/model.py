@@ -11,10 +11,12 @@ Typical use (``unload`` returns a plain model, merged or with the adapters remov
     surm_ops.load_adapters(fresh, "out/")
     surm_ops.merge(fresh)                                          # no inference overhead; unmerge() is exact
     print(surm_ops.parameter_report(fresh))
+    plain = surm_ops.unload(fresh)                                 # plain modules, merged
 
-Errors: a wrong argument or a file that does not fit the model raises ``ValueError`` (``TypeError`` where a layer
-class rejects a module's type); a model in the wrong state (already injected, merging a non-mergeable method,
-loading into a merged model) raises ``RuntimeError``. Every function validates first and changes nothing on error.
+Errors: a wrong argument or a file that does not fit the model (or cannot be read) raises ``ValueError``
+(``TypeError`` where a layer class rejects a module's type); a model in the wrong state (already injected, merging a
+non-mergeable method or a tied weight, loading into a merged model) raises ``RuntimeError``. Every function validates
+first and changes nothing on error.
 """
 
 from __future__ import annotations

@@ -58,9 +58,9 @@ def _type_name(kind: Any) -> str:
 def build_config(method: str, config_class: type, options: dict[str, Any]) -> Any:
     """``config_class(**options)`` after checking every option's name and type; ``ValueError`` naming the option.
 
-    >>> build_config("lora", LoRAConfig, {"rank": 4})
-    Traceback (most recent call last):
-    ValueError: lora: unknown option 'rank' (did you mean 'r'?); valid options: r, alpha, dropout
+    Example: ``build_config("lora", LoRAConfig, {"rank": 4})`` raises ``ValueError: lora: unknown option 'rank'
+    (did you mean 'r'?); valid options: r, alpha, dropout``; ``{"r": "8"}`` raises ``lora: option r must be int;
+    got '8' (str)``.
     """
     fields = [f.name for f in dataclasses.fields(config_class)]
     hints = typing.get_type_hints(config_class)

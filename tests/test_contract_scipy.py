@@ -26,10 +26,11 @@ scipy_linalg = pytest.importorskip("scipy.linalg")
 
 import surm_ops  # noqa: E402  (deliberately not importorskip: a broken package must fail loudly)
 
-BACKENDS = ("auto", "fft", "dense")
-# What a backend may raise when it declines a call the contract allows it to decline
-# (only: dense backend with per-token s in svd_matmul).
-REFUSAL = (ValueError, RuntimeError, NotImplementedError, TypeError)
+# triton runs here through its interpreter (tests/conftest.py sets TRITON_INTERPRET=1 where triton is installed).
+BACKENDS = ("auto", "fft", "dense") + (("triton",) if os.environ.get("TRITON_INTERPRET") == "1" else ())
+# What a backend may raise when it declines a call the contract allows it to decline (only: the dense backend with
+# per-token s in svd_matmul). Anything else is a failure, never a skip.
+REFUSAL = (surm_ops.BackendUnavailableError,)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -444,9 +445,11 @@ def test_half_x_float32_params(case, backend, dtype):
     assert torch.isfinite(y).all()
     e_y, e_base = rel_l2(y, y_want), rel_l2(y_base, y_want)
     assert e_y <= 2 * e_base + 1e-6, f"forward rel err {e_y:.3e} > 2 x plain {dtype} dense {e_base:.3e}"
-    # "computed in float32 and rounded once": no worse than rounding the exact result (allow rare double rounding)
+    # "computed in float32 and rounded once" (fft and dense; triton takes half operands on tensor cores, as a plain
+    # half matmul does, and is held to the bar above): no worse than rounding the exact result (allow rare double
+    # rounding)
     e_round = rel_l2(torch.from_numpy(y_want).to(dtype), y_want)
-    assert e_y <= 1.25 * e_round + 1e-6, f"forward rel err {e_y:.3e} vs one rounding of the exact result {e_round:.3e}"
+    assert backend == "triton" or e_y <= 1.25 * e_round + 1e-6, f"forward rel err {e_y:.3e} vs one rounding of the exact result {e_round:.3e}"
 
     y.backward(Gh)
     assert tx.grad.dtype == dtype, f"x.grad dtype {tx.grad.dtype}"
@@ -545,10 +548,11 @@ def test_zero_sized_batch(case, lead, backend):
     y = run(case, tx, tp, backend)
     assert tuple(y.shape) == (*lead, case.n_out) and y.dtype == torch.float64
     y.sum().backward()
-    assert tx.grad is None or tuple(tx.grad.shape) == tuple(tx.shape)
+    # No tokens: every gradient exists, has its input's shape and is zero (an optimizer step must see zeros).
+    assert tx.grad is not None and tuple(tx.grad.shape) == tuple(tx.shape)
     for k in case.pnames:
         g = tp[k].grad
-        assert g is None or (tuple(g.shape) == tuple(tp[k].shape) and bool((g == 0).all())), f"grad {k}: {g}"
+        assert g is not None and tuple(g.shape) == tuple(tp[k].shape) and bool((g == 0).all()), f"grad {k}: {g}"
 
 
 def _strided_params(case, p):
@@ -770,7 +774,7 @@ def test_forced_gpu_backend_on_cpu_raises_with_reasons(case, forced, record_prop
     x, tp = _good(case, T=case.shapes["s"][0] if case.per_token else 4)
     try:
         y = case.call(x, tp, forced)
-    except (ValueError, RuntimeError) as e:
+    except surm_ops.BackendUnavailableError as e:
         record_property("exception", type(e).__name__)
         msg = str(e)
         assert len(msg) >= 20 and (forced in msg.lower() or "cpu" in msg.lower()), f"uninformative: {msg!r}"

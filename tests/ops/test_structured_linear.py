@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import surm_ops
-from surm_ops.reference import dense
+from tests import oracle
 from tests.ops.checks import rel_err
 from tests.triton_mode import skip_unless_interpreted
 
@@ -21,11 +21,10 @@ IDS = ["toeplitz-7x5", "toeplitz-blocks-32x24", "toeplitz-40x70", "kronecker-12x
 
 
 def _matrix(structure, params, n_out, n_in):
+    """M from the documented formulas (tests/oracle.py), sharing no code with the op."""
     if structure == "kronecker":
-        return torch.kron(*params)
-    e = params[0]
-    p, q, _ = e.shape
-    return dense._from_diagonals(e, n_in // q).permute(0, 2, 1, 3).reshape(n_out, n_in)
+        return oracle.kronecker(*params)
+    return oracle.block_toeplitz(params[0], n_out, n_in)
 
 
 def _inputs(case, dtype, seed=0, bias=True):

@@ -55,12 +55,15 @@ def test_matches_oracle(case, backend, dtype, bias):
     x64, w64, *rest = ref
     b64 = rest.pop(0) if b is not None else None
     y64 = x64 @ (w64 + _matrix(structure, rest, *case[2:])).T + (b64 if b64 is not None else 0)
-    want = torch.autograd.grad(y64, ref, grad)
+    want = torch.autograd.grad(y64, ref, grad.to(dtype).double())  # the upstream gradient the op received
     tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2}[dtype]
     assert rel_err(y, y64) <= tol
+    n_layer = len(leaves) - len(ps)  # x, w (and b): x's dtype; then M's parameters
     for i, (g, w_) in enumerate(zip(got, want)):
         assert g.dtype == leaves[i].dtype
-        assert rel_err(g, w_) <= tol, f"gradient {i}: {rel_err(g, w_)}"
+        # M's parameter gradients are float32 sums of exact products of half values: float32-accurate.
+        bar = tol if i < n_layer else min(tol, 1e-4)
+        assert rel_err(g, w_) <= bar, f"gradient {i}: {rel_err(g, w_)}"
 
 
 @pytest.mark.usefixtures("no_backend_env")
@@ -128,12 +131,13 @@ def test_matches_oracle_on_gpu(case, backend, dtype):
     got = torch.autograd.grad(y, [x, w, b, *ps], grad.to(dtype).cuda())
     ref = [t.detach().cpu().double().requires_grad_() for t in (x, w, b, *ps)]
     y64 = ref[0] @ (ref[1] + _matrix(structure, ref[3:], *case[2:])).T + ref[2]
-    want = torch.autograd.grad(y64, ref, grad)
+    want = torch.autograd.grad(y64, ref, grad.to(dtype).double())
     # Half inputs: the product runs in x's dtype on tensor cores, like a plain half matmul; scale by d.
     tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
     assert rel_err(y.cpu(), y64) <= tol
     for i, (g, w_) in enumerate(zip(got, want)):
-        assert rel_err(g.cpu(), w_) <= tol, f"gradient {i}: {rel_err(g.cpu(), w_)}"
+        bar = tol if i < 3 else min(tol, 1e-4)  # M's parameters: float32 sums of exact products
+        assert rel_err(g.cpu(), w_) <= bar, f"gradient {i}: {rel_err(g.cpu(), w_)}"
 
 
 @pytest.mark.gpu

@@ -1,0 +1,2 @@
+def accelerate(model): raise NotImplementedError
+def restore(model): raise NotImplementedError

@@ -1,0 +1,137 @@
+"""The PEFT tuner (``BaseTuner``) of every surm_ops method, and their registration with PEFT.
+
+One tuner class and one layer class per method (PEFT keys both by method); they differ only in ``method`` and the
+prefix ``surm_<method>_``. Model-level rules live here, once:
+
+* SARA / Mo-SARA with ``budget``: one global threshold over all targets, resolved before injection
+  (:func:`surm_ops.adapters.sara.ranks_for_budget`), each layer then built with its rank;
+* CondLoRA: one :class:`~surm_ops.adapters.CondLoRAMaps` per module type (last name component) per adapter, held
+  by the tuner in ``surm_condlora_maps[adapter][type]`` (so PEFT saves, loads and moves it once);
+* merging a method whose update depends on the input (Mo-SARA, the adapter form) raises before any layer changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from peft.tuners.tuners_utils import BaseTuner
+from peft.utils import register_peft_method
+from torch import nn
+
+from surm_ops.adapters.adapter import ADAPTER_METHOD
+from surm_ops.adapters.condlora import CondLoRAMaps, condlora_group_key
+from surm_ops.adapters.registry import METHODS
+from surm_ops.adapters.sara import MoSARAConfig, SARAConfig, ranks_for_budget
+from surm_ops.peft.configs import CONFIGS, peft_type_name, surm_options
+from surm_ops.peft.layer import SurmLayer, _linear_face
+
+MAPS_ATTR = "surm_condlora_maps"
+
+
+def _mergeable(method: str) -> bool:
+    return method != ADAPTER_METHOD and METHODS[method].mergeable
+
+
+class SurmTuner(BaseTuner):
+    """PEFT's model-level side of a surm_ops method (use ``peft.get_peft_model(model, config)``)."""
+
+    method: ClassVar[str]
+    target_module_mapping: ClassVar[dict] = {}
+
+    def __init__(self, model, peft_config, adapter_name, **kwargs) -> None:
+        self._sara_ranks: dict[str, dict[str, int]] = {}
+        super().__init__(model, peft_config, adapter_name, **kwargs)
+
+    def _prepare_adapter_config(self, peft_config, model_config):
+        if peft_config.target_modules is None:
+            raise ValueError(f"{type(peft_config).__name__}: set target_modules (surm_ops has no default targets "
+                             "per architecture)")
+        return peft_config
+
+    def _pre_injection_hook(self, model: nn.Module, config, adapter_name: str) -> None:
+        options = surm_options(config)
+        if isinstance(options, (SARAConfig, MoSARAConfig)) and options.budget is not None and options.rank is None:
+            weights = {key: _linear_face(m, config.fan_in_fan_out, key).weight
+                       for key, m in model.named_modules() if key and self._check_target_module_exists(config, key)}
+            if not weights:
+                raise ValueError(f"{self.method}: no module matched target_modules={config.target_modules!r}")
+            _, self._sara_ranks[adapter_name] = ranks_for_budget(
+                weights, options.budget, options.params_per_rank, max_rank=options.max_rank,
+                randomized=options.randomized)
+
+    def _maps_for(self, adapter_name: str, options, target: nn.Module, key: str, fan_in_fan_out: bool):
+        if self.method != "condlora":
+            return None
+        if MAPS_ATTR not in self._modules:
+            setattr(self, MAPS_ATTR, nn.ModuleDict())
+        per_adapter = getattr(self, MAPS_ATTR)
+        if adapter_name not in per_adapter:
+            per_adapter[adapter_name] = nn.ModuleDict()
+        group = condlora_group_key(key)
+        if group not in per_adapter[adapter_name]:
+            maps = CondLoRAMaps.for_linear(_linear_face(target, fan_in_fan_out, key), options)
+            maps.requires_grad_(adapter_name == self.active_adapter)
+            per_adapter[adapter_name][group] = maps
+        return per_adapter[adapter_name][group]
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key,
+                            **optional_kwargs) -> None:
+        options = surm_options(peft_config)
+        if adapter_name in self._sara_ranks:
+            options = dataclasses.replace(options, rank=self._sara_ranks[adapter_name][current_key])
+        base = target.get_base_layer() if isinstance(target, SurmLayer) else target
+        maps = self._maps_for(adapter_name, options, base, current_key, peft_config.fan_in_fan_out)
+        if isinstance(target, SurmLayer):
+            target.update_layer(adapter_name, options, current_key, maps, peft_config.inference_mode)
+            return
+        new = self.tuner_layer_cls(target, adapter_name, options, current_key, fan_in_fan_out=peft_config.fan_in_fan_out,
+                                   maps=maps, inference_mode=peft_config.inference_mode)
+        if adapter_name != self.active_adapter:
+            new.requires_grad_(False)  # an added adapter is not trainable until set_adapter
+        self._replace_module(parent, target_name, new, target)
+
+    def _check_merge_allowed(self) -> None:
+        super()._check_merge_allowed()
+        if not _mergeable(self.method):
+            raise RuntimeError(f"{self.method}: cannot merge: the update depends on the input (no weight holds it); "
+                               "no layer was changed")
+
+    def set_adapter(self, adapter_name, inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        active = {adapter_name} if isinstance(adapter_name, str) else set(adapter_name)
+        for name, maps in getattr(self, MAPS_ATTR, {}).items():
+            maps.requires_grad_(name in active and not inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        maps = getattr(self, MAPS_ATTR, None)
+        if maps is not None and adapter_name in maps:
+            del maps[adapter_name]
+        self._sara_ranks.pop(adapter_name, None)
+
+
+def _camel(method: str) -> str:
+    return CONFIGS[method].__name__.removesuffix("Config")
+
+
+LAYERS: dict[str, type[SurmLayer]] = {}
+TUNERS: dict[str, type[SurmTuner]] = {}
+
+
+def register_all() -> None:
+    """Register every surm_ops method with PEFT (idempotent; run on ``import surm_ops.peft``)."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    from surm_ops.peft._peft_type import add_peft_type
+
+    for method, config_cls in CONFIGS.items():
+        prefix = f"surm_{method}_"
+        layer = LAYERS.setdefault(method, type(f"{_camel(method)}Layer", (SurmLayer,), {
+            "method": method, "adapter_layer_names": (f"surm_{method}_layers",), "__module__": __name__}))
+        tuner = TUNERS.setdefault(method, type(f"{_camel(method)}Model", (SurmTuner,), {
+            "method": method, "prefix": prefix, "tuner_layer_cls": layer, "__module__": __name__}))
+        peft_type = add_peft_type(peft_type_name(method))
+        if PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type) is tuner:
+            continue
+        register_peft_method(name=peft_type.value.lower(), config_cls=config_cls, model_cls=tuner, prefix=prefix)

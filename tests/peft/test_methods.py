@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
 
 import surm_ops.peft as sp
 from surm_ops.adapters import CondLoRAMaps
@@ -43,6 +44,10 @@ def test_peft_round_trip(method, options, tmp_path):
         torch.testing.assert_close(model(X), base_out, rtol=0, atol=0)
 
     model.save_pretrained(tmp_path)
+    # only adapter tensors are saved (Mo-SARA's frozen singular vectors are buffers of its layer, saved with it)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    buffers = sum(b.numel() for m in ours for b in m.buffers())
+    assert sum(t.numel() for t in saved.values()) == expected + buffers
     loaded = PeftModel.from_pretrained(toy(), tmp_path).eval()
     torch.testing.assert_close(loaded(X), out, rtol=1e-6, atol=1e-6)  # same values; kernel choice may differ
 

@@ -10,6 +10,7 @@ transformers = pytest.importorskip("transformers")
 from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model  # noqa: E402
 
 import surm_ops.peft as sp  # noqa: E402
+from tests.peft._toy import perturb  # noqa: E402
 
 VOCAB = 64
 
@@ -60,6 +61,7 @@ def test_trainer_trains_and_resumes_exactly(method, options, tmp_path):
 
     # stop after 3 steps' checkpoint, then resume in a fresh process-like setting: new model, new Trainer
     resumed = peft_llama(method, **options)
+    perturb(resumed, seed=5)  # other adapter values: only the checkpoint can bring the run back in step
     t_resumed = trainer(resumed, tmp_path / "full")  # reads checkpoint-3 written above
     t_resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
     got = adapter_state(resumed)

@@ -15,9 +15,15 @@ names are ``SURM_<METHOD>``; adapter parameters live under ``surm_<method>_layer
 ``surm_condlora_maps``).
 """
 
-from surm_ops.peft.c3a import accelerate, restore
-from surm_ops.peft.configs import CONFIGS, config, peft_type_name
-from surm_ops.peft.tuner import LAYERS, TUNERS, register_all
+import peft as _peft
+
+from surm_ops.peft._compat import check_peft_version
+
+check_peft_version(_peft.__version__)
+
+from surm_ops.peft.c3a import accelerate, restore  # noqa: E402
+from surm_ops.peft.configs import CONFIGS, config, peft_type_name  # noqa: E402
+from surm_ops.peft.tuner import LAYERS, TUNERS, register_all  # noqa: E402
 
 register_all()
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import field
-from typing import Any, Optional, Union
+from typing import Any
 
 from peft.config import PeftConfig
 
@@ -45,13 +45,13 @@ CLASS_NAMES = {
 """surm_ops method name -> PEFT config class name (in :mod:`surm_ops.peft`)."""
 
 _PEFT_FIELDS = [
-    ("target_modules", Optional[Union[list[str], str]], field(default=None)),
-    ("exclude_modules", Optional[Union[list[str], str]], field(default=None)),
-    ("modules_to_save", Optional[list[str]], field(default=None)),
-    ("layers_to_transform", Optional[Union[list[int], int]], field(default=None)),
-    ("layers_pattern", Optional[Union[list[str], str]], field(default=None)),
+    ("target_modules", list[str] | str | None, field(default=None)),
+    ("exclude_modules", list[str] | str | None, field(default=None)),
+    ("modules_to_save", list[str] | None, field(default=None)),
+    ("layers_to_transform", list[int] | int | None, field(default=None)),
+    ("layers_pattern", list[str] | str | None, field(default=None)),
     ("fan_in_fan_out", bool, field(default=False)),
-    ("target_parameters", Optional[list[str]], field(default=None)),  # read by PEFT's matcher; unsupported here
+    ("target_parameters", list[str] | None, field(default=None)),  # read by PEFT's matcher; unsupported here
 ]
 
 

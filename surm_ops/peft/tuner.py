@@ -13,7 +13,7 @@ prefix ``surm_<method>_``. Model-level rules live here, once:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import register_peft_method
@@ -85,8 +85,9 @@ class SurmTuner(BaseTuner):
         if isinstance(target, SurmLayer):
             target.update_layer(adapter_name, options, current_key, maps, peft_config.inference_mode)
             return
-        new = self.tuner_layer_cls(target, adapter_name, options, current_key, fan_in_fan_out=peft_config.fan_in_fan_out,
-                                   maps=maps, inference_mode=peft_config.inference_mode)
+        new = self.tuner_layer_cls(target, adapter_name, options, current_key,
+                                   fan_in_fan_out=peft_config.fan_in_fan_out, maps=maps,
+                                   inference_mode=peft_config.inference_mode)
         if adapter_name != self.active_adapter:
             new.requires_grad_(False)  # an added adapter is not trainable until set_adapter
         self._replace_module(parent, target_name, new, target)

@@ -122,3 +122,13 @@ def test_loading_without_the_plugin_fails_naming_our_type(tmp_path):
             "print('surm_ops.peft' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.stdout.split("\n")[:2] == ["KeyError 'SURM_CIRCULANT'", "False"], out.stdout + out.stderr
+
+
+def test_peft_version_range():
+    from surm_ops.peft._compat import check_peft_version
+
+    check_peft_version("0.21.2")
+    with pytest.raises(ImportError, match=r"peft>=0.21.0,<0.22.0.*found peft 0.20.0"):
+        check_peft_version("0.20.0")
+    with pytest.warns(UserWarning, match="tested with"):
+        check_peft_version("0.22.0")

@@ -5,8 +5,9 @@ prefix ``surm_<method>_``. Model-level rules live here, once:
 
 * SARA / Mo-SARA with ``budget``: one global threshold over all targets, resolved before injection
   (:func:`surm_ops.adapters.sara.ranks_for_budget`), each layer then built with its rank;
-* CondLoRA: one :class:`~surm_ops.adapters.CondLoRAMaps` per module type (last name component) per adapter, held
-  by the tuner in ``surm_condlora_maps[adapter][type]`` (so PEFT saves, loads and moves it once);
+* CondLoRA: one :class:`~surm_ops.adapters.CondLoRAMaps` per module type (last name component) per adapter, owned
+  (registered) by the type's first layer and referred to by the others, so PEFT saves, loads, moves and trains it
+  once, with or without a ``PeftModel`` around (``peft.inject_adapter_in_model`` drops the tuner);
 * merging a method whose update depends on the input (Mo-SARA, the adapter form) raises before any layer changes.
 """
 
@@ -26,8 +27,6 @@ from surm_ops.adapters.sara import MoSARAConfig, SARAConfig, ranks_for_budget
 from surm_ops.peft.configs import CONFIGS, peft_type_name, surm_options
 from surm_ops.peft.layer import SurmLayer, _linear_face
 
-MAPS_ATTR = "surm_condlora_maps"
-
 
 def _mergeable(method: str) -> bool:
     return method != ADAPTER_METHOD and METHODS[method].mergeable
@@ -41,6 +40,7 @@ class SurmTuner(BaseTuner):
 
     def __init__(self, model, peft_config, adapter_name, **kwargs) -> None:
         self._sara_ranks: dict[str, dict[str, int]] = {}
+        self._condlora_maps: dict[str, dict[str, CondLoRAMaps]] = {}
         super().__init__(model, peft_config, adapter_name, **kwargs)
 
     def _prepare_adapter_config(self, peft_config, model_config):
@@ -60,37 +60,32 @@ class SurmTuner(BaseTuner):
                 weights, options.budget, options.params_per_rank, max_rank=options.max_rank,
                 randomized=options.randomized)
 
-    def _maps_for(self, adapter_name: str, options, target: nn.Module, key: str, fan_in_fan_out: bool):
+    def _shared_maps(self, adapter_name: str, key: str) -> CondLoRAMaps | None:
+        """CondLoRA: the maps already made for this module type and adapter (None for the type's first layer, which
+        creates them and owns them as its submodule; the type's other layers only refer to them)."""
         if self.method != "condlora":
             return None
-        if MAPS_ATTR not in self._modules:
-            setattr(self, MAPS_ATTR, nn.ModuleDict())
-        per_adapter = getattr(self, MAPS_ATTR)
-        if adapter_name not in per_adapter:
-            per_adapter[adapter_name] = nn.ModuleDict()
-        group = condlora_group_key(key)
-        if group not in per_adapter[adapter_name]:
-            maps = CondLoRAMaps.for_linear(_linear_face(target, fan_in_fan_out, key), options)
-            maps.requires_grad_(adapter_name == self.active_adapter)
-            per_adapter[adapter_name][group] = maps
-        return per_adapter[adapter_name][group]
+        return self._condlora_maps.setdefault(adapter_name, {}).get(condlora_group_key(key))
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key,
                             **optional_kwargs) -> None:
         options = surm_options(peft_config)
         if adapter_name in self._sara_ranks:
             options = dataclasses.replace(options, rank=self._sara_ranks[adapter_name][current_key])
-        base = target.get_base_layer() if isinstance(target, SurmLayer) else target
-        maps = self._maps_for(adapter_name, options, base, current_key, peft_config.fan_in_fan_out)
+        maps = self._shared_maps(adapter_name, current_key)
         if isinstance(target, SurmLayer):
             target.update_layer(adapter_name, options, current_key, maps, peft_config.inference_mode)
-            return
-        new = self.tuner_layer_cls(target, adapter_name, options, current_key,
-                                   fan_in_fan_out=peft_config.fan_in_fan_out, maps=maps,
-                                   inference_mode=peft_config.inference_mode)
-        if adapter_name != self.active_adapter:
-            new.requires_grad_(False)  # an added adapter is not trainable until set_adapter
-        self._replace_module(parent, target_name, new, target)
+            layer = target
+        else:
+            layer = self.tuner_layer_cls(target, adapter_name, options, current_key,
+                                         fan_in_fan_out=peft_config.fan_in_fan_out, maps=maps,
+                                         inference_mode=peft_config.inference_mode)
+            if adapter_name != self.active_adapter:
+                layer.requires_grad_(False)  # an added adapter is not trainable until set_adapter
+            self._replace_module(parent, target_name, layer, target)
+        if self.method == "condlora" and maps is None:
+            self._condlora_maps[adapter_name][condlora_group_key(current_key)] = \
+                layer.surm_layers[adapter_name].cond_maps
 
     def _check_merge_allowed(self) -> None:
         super()._check_merge_allowed()
@@ -98,17 +93,9 @@ class SurmTuner(BaseTuner):
             raise RuntimeError(f"{self.method}: cannot merge: the update depends on the input (no weight holds it); "
                                "no layer was changed")
 
-    def set_adapter(self, adapter_name, inference_mode: bool = False) -> None:
-        super().set_adapter(adapter_name, inference_mode=inference_mode)
-        active = {adapter_name} if isinstance(adapter_name, str) else set(adapter_name)
-        for name, maps in getattr(self, MAPS_ATTR, {}).items():
-            maps.requires_grad_(name in active and not inference_mode)
-
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
-        maps = getattr(self, MAPS_ATTR, None)
-        if maps is not None and adapter_name in maps:
-            del maps[adapter_name]
+        self._condlora_maps.pop(adapter_name, None)
         self._sara_ranks.pop(adapter_name, None)
 
 

@@ -132,3 +132,17 @@ def test_peft_version_range():
         check_peft_version("0.20.0")
     with pytest.warns(UserWarning, match="tested with"):
         check_peft_version("0.22.0")
+
+
+def test_condlora_maps_live_in_the_model_without_a_peft_model():
+    """peft.inject_adapter_in_model drops the tuner: the shared maps must still be the model's parameters, once."""
+    from peft import inject_adapter_in_model
+
+    from surm_ops.adapters import CondLoRAMaps
+
+    model = inject_adapter_in_model(sp.config("condlora", r=2, target_modules=["q", "v"]), toy())
+    maps = {id(m) for m in model.modules() if isinstance(m, CondLoRAMaps)}
+    layers = [m.surm_layers["default"] for m in model.modules() if isinstance(m, SurmLayer)]
+    assert len(maps) == 2 and {id(layer.cond_maps) for layer in layers} == maps
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == 2 * (16 + 32) + 2 * (16 + 16)

@@ -70,6 +70,7 @@ def train(task: Task, spec: Spec, lr: float, steps: int, seed: int = 0) -> dict:
                 warmup_steps=0, max_grad_norm=1.0, optim="adamw_torch", logging_steps=1, save_strategy="no",
                 report_to=[], use_cpu=True, disable_tqdm=True, seed=seed, remove_unused_columns=False)
             trainer = _Trainer(model=model, args=args)
+            trainer.remove_callback(transformers.PrinterCallback)  # no per-step log lines
             trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         return {"losses": losses, "val_acc": task.accuracy(model, "val"), "test_acc": task.accuracy(model, "test")}

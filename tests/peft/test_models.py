@@ -146,3 +146,16 @@ def test_condlora_maps_live_in_the_model_without_a_peft_model():
     assert len(maps) == 2 and {id(layer.cond_maps) for layer in layers} == maps
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == 2 * (16 + 32) + 2 * (16 + 16)
+
+
+def test_bfloat16_base_keeps_float32_adapters():
+    model = get_peft_model(toy().to(torch.bfloat16), sp.config("toeplitz", target_modules=["q", "v"]))
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    perturb(model)
+    y = model(X.bfloat16())
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    with torch.no_grad():
+        model.merge_adapter()
+        torch.testing.assert_close(model(X.bfloat16()), y.detach(), rtol=2e-2, atol=2e-2)

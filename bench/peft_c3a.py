@@ -1,6 +1,6 @@
 """PEFT's C3A layer against the same layer after ``surm_ops.peft.accelerate``, timed interleaved in one process.
 
-    python -m bench.peft_c3a [--rounds 30] [--tokens 256] [--d 768] [--block 64]
+    python -m bench.peft_c3a [--rounds 30] [--tokens 256] [--d 768] [--block 64] [--threads 1]
 
 Both layers are bench/layers.py's (same seed, so the same frozen weight and the same kernel values); per round each
 provider runs ``iters`` calls of the forward (``fwd``, no grad) and of a training step (``full``: the forward and
@@ -37,7 +37,12 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=768)
     ap.add_argument("--block", type=int, default=64)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's); 1 is steadier on a shared machine, where a descheduled "
+                         "second thread stalls every op")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shape = layers.LayerShape(args.tokens, args.d, getattr(torch, args.dtype))
     specs = [layers.LayerSpec("peft-c3a", "peft-c3a", {"block_size": args.block}),

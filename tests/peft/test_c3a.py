@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from peft import C3AConfig, PeftModel, get_peft_model
 
@@ -94,3 +95,41 @@ def test_accelerated_c3a_passes_gradcheck():
     x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
     # float32 inside (as PEFT's C3A), so a loose tolerance; a wrong input gradient is off by O(1)
     assert torch.autograd.gradcheck(lambda x: layer(x), (x,), eps=1e-3, atol=1e-3, rtol=1e-2)
+
+
+def _trainer_losses(model, tmp_path, steps=4):
+    import transformers
+
+    ids = torch.randint(0, 64, (16, 12), generator=torch.Generator().manual_seed(0))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4, learning_rate=3e-2,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in ids])
+    trainer.remove_callback(transformers.PrinterCallback)
+    trainer.train()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def test_trainer_losses_accelerated_equal_true_gradient_run(tmp_path, monkeypatch):
+    """A Trainer run of a tiny 2-layer Llama with C3A on q_proj/v_proj: accelerated, the losses equal those of PEFT's
+    C3A forward differentiated by autograd; PEFT's own backward (wrong input gradient) drifts from step 2 on."""
+    transformers = pytest.importorskip("transformers")
+    import peft.tuners.c3a.layer as c3a_layer
+
+    def llama_c3a():
+        torch.manual_seed(0)
+        base = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4))
+        return get_peft_model(base, C3AConfig(block_size=8, target_modules=["q_proj", "v_proj"]))
+
+    fast = llama_c3a()
+    assert sp.accelerate(fast) == 4
+    accelerated = _trainer_losses(fast, tmp_path / "fast")
+    plain = _trainer_losses(llama_c3a(), tmp_path / "plain")
+    with monkeypatch.context() as m:
+        m.setattr(c3a_layer, "BlockCircularConvolution", _AutogradC3A)
+        true = _trainer_losses(llama_c3a(), tmp_path / "true")
+    assert accelerated == pytest.approx(true, rel=1e-6, abs=0)
+    assert plain[0] == pytest.approx(accelerated[0], rel=1e-6, abs=0)  # same forward, same first loss
+    # PEFT's wrong input gradient changes every later step (measured: by ~1e-4 here, 100x the float32 noise)
+    assert all(abs(p - a) > 1e-5 for p, a in zip(plain[1:], accelerated[1:]))

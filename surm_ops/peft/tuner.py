@@ -3,7 +3,7 @@
 One tuner class and one layer class per method (PEFT keys both by method); they differ only in ``method`` and the
 prefix ``surm_<method>_``. Model-level rules live here, once:
 
-* SARA / Mo-SARA with ``budget``: one global threshold over all targets, resolved before injection
+* SARA / Mo-SARA with ``budget``: one global threshold over all targets, resolved before each adapter's injection
   (:func:`surm_ops.adapters.sara.ranks_for_budget`), each layer then built with its rank;
 * CondLoRA: one :class:`~surm_ops.adapters.CondLoRAMaps` per module type (last name component) per adapter, owned
   (registered) by the type's first layer and referred to by the others, so PEFT saves, loads, moves and trains it
@@ -14,7 +14,7 @@ prefix ``surm_<method>_``. Model-level rules live here, once:
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import register_peft_method
@@ -49,16 +49,23 @@ class SurmTuner(BaseTuner):
                              "per architecture)")
         return peft_config
 
-    def _pre_injection_hook(self, model: nn.Module, config, adapter_name: str) -> None:
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        # Here rather than in _pre_injection_hook: PEFT calls that hook for the first adapter only, and an adapter
+        # added later (add_adapter) needs its budget resolved too.
+        config = self.peft_config[adapter_name]
         options = surm_options(config)
         if isinstance(options, (SARAConfig, MoSARAConfig)) and options.budget is not None and options.rank is None:
-            weights = {key: _linear_face(m, config.fan_in_fan_out, key).weight
-                       for key, m in model.named_modules() if key and self._check_target_module_exists(config, key)}
+            weights = {}
+            for key, m in model.named_modules():
+                if key and self._check_target_module_exists(config, key):
+                    base = m.get_base_layer() if isinstance(m, SurmLayer) else m
+                    weights[key] = _linear_face(base, config.fan_in_fan_out, key).weight
             if not weights:
                 raise ValueError(f"{self.method}: no module matched target_modules={config.target_modules!r}")
             _, self._sara_ranks[adapter_name] = ranks_for_budget(
                 weights, options.budget, options.params_per_rank, max_rank=options.max_rank,
                 randomized=options.randomized)
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
 
     def _shared_maps(self, adapter_name: str, key: str) -> CondLoRAMaps | None:
         """CondLoRA: the maps already made for this module type and adapter (None for the type's first layer, which

@@ -57,7 +57,7 @@ def test_peft_round_trip(method, options, tmp_path):
             loaded.merge_and_unload()
         assert all(torch.equal(a, b) for a, b in zip(before, loaded.parameters()))
         return
-    loaded.merge_adapter()
+    loaded.merge_adapter(safe_merge=True)
     torch.testing.assert_close(loaded(X), out, rtol=1e-5, atol=1e-5)
     loaded.unmerge_adapter()
     weights = {n: p.clone() for n, p in loaded.named_parameters() if "base_layer" in n}
@@ -96,3 +96,14 @@ def test_two_named_adapters(method, options, tmp_path):
     torch.testing.assert_close(loaded(X), second, rtol=1e-6, atol=1e-6)
     loaded.delete_adapter("second")
     assert not any(".second." in n for n, _ in loaded.named_parameters())
+
+
+def test_safe_merge_refuses_non_finite_update():
+    model = peft_model("toeplitz", {})
+    layer = model.base_model.model.blocks[0]["q"]
+    with torch.no_grad():
+        layer.surm_layers["default"].col[0] = float("nan")
+    before = layer.base_layer.weight.clone()
+    with pytest.raises(ValueError, match="NaNs detected"):
+        model.merge_adapter(safe_merge=True)
+    assert torch.equal(layer.base_layer.weight, before) and not layer.merged

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from surm_ops._validate import compute_dtype
-from surm_ops.kernels._structured import _TL_DTYPE, dot_dtype, emulating, mma, on_device, precision, rows, streamed
+from surm_ops.kernels._structured import _TL_DTYPE, cast, dot_dtype, emulating, mma, on_device, precision, rows, streamed
 
 
 @triton.jit
@@ -48,7 +48,7 @@ def svd_kernel(x_ptr, v_ptr, s_ptr, u_ptr, y_ptr, h_ptr,
         ut = tl.load(u_ptr + offs_n[None, :] * k + offs_r[:, None], mask=(offs_n[None, :] < n_out) & r_mask[:, None],
                      other=0.0).to(ACC)
         y = mma(h, ut, tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC), ACC, DOT2, PRECISION, EMULATE)
-        tl.store(y_ptr + rows_m[:, None] * n_out + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
+        tl.store(y_ptr + rows_m[:, None] * n_out + offs_n[None, :], cast(y, y_ptr.dtype.element_ty, EMULATE),
                  mask=m_mask & (offs_n[None, :] < n_out))
 
 
@@ -67,16 +67,19 @@ def _scales(s: torch.Tensor, lead: torch.Size, k: int, dt: torch.dtype) -> tuple
 
 
 def blocks(n_tok: int, k: int, acc: torch.dtype, wide: bool) -> dict[str, int]:
-    """Tile sizes (fixed, untuned: no GPU has timed them): narrower token blocks where the rank tile is wide or
-    float64, so the (BLOCK_M x BLOCK_R) tile and u's tiles fit in shared memory. ``wide``: a product takes float32
-    operands (twice a half operand's bytes); above rank 64 it gets narrower output tiles, or it needs more than the
-    99 KB of shared memory that sm_86, sm_89 and sm_120 give a block (tests/kernels checks every variant)."""
+    """Tile sizes (fixed, untuned: no GPU has timed them), chosen so that every variant compiles without register
+    spills and within the 99 KB of shared memory that sm_86, sm_89 and sm_120 give a block (tests/kernels compiles
+    each launch for sm_80 and sm_90 and checks). ``wide``: a product takes float32 operands, run as three tf32
+    products, which needs about three times the registers of a half product: from rank 64 it gets narrower tiles."""
     block_r = max(16, triton.next_power_of_2(k))
     if acc == torch.float64:  # checking precision, not speed
         return dict(BLOCK_M=16, BLOCK_K=16, BLOCK_R=block_r, BLOCK_N=32, num_warps=4)
-    block_m = 16 if n_tok <= 16 else 32 if block_r > 64 else 64
+    if n_tok <= 16 or (wide and block_r > 64):
+        block_m = 16
+    else:
+        block_m = 32 if block_r > 64 or (wide and block_r == 64) else 64
     block_n = 32 if wide and block_r > 64 else 64
-    # 8 warps where the register tiles are large: with 4, rank 128 spills on sm_90 (tests/kernels checks).
+    # 8 warps where the register tiles are large: with 4, rank 128 spills on sm_90.
     return dict(BLOCK_M=block_m, BLOCK_K=32, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=4 if block_m == 16 else 8)
 
 

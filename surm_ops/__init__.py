@@ -25,16 +25,20 @@ __version__ = "0.1.0"
 
 # After the ops and __version__: the adapter modules use both.
 from surm_ops.adapters import (  # noqa: E402
+    RMLoRATraining,
     inject,
     load_adapters,
     merge,
     parameter_report,
     save_adapters,
+    unload,
     unmerge,
 )
 
 __all__ = [
     "BACKENDS",
+    "RMLoRACallback",
+    "RMLoRATraining",
     "BackendUnavailableError",
     "circulant_matmul",
     "inject",
@@ -48,5 +52,14 @@ __all__ = [
     "structured_linear",
     "svd_matmul",
     "toeplitz_matmul",
+    "unload",
     "unmerge",
 ]
+
+
+def __getattr__(name: str):
+    if name == "RMLoRACallback":  # the transformers Trainer callback: imports transformers on first use
+        from surm_ops.adapters.hf import RMLoRACallback
+
+        return RMLoRACallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

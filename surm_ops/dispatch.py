@@ -22,6 +22,8 @@ BACKENDS = ("cuda", "triton", "fft", "dense")
 
 ENV_BACKEND = "SURM_BACKEND"
 _GPU_BACKENDS = ("cuda", "triton")
+MIN_CAPABILITY = (8, 0)
+"""Oldest GPU the cuda and triton backends run on: their kernels use bfloat16 tensor-core products (Ampere)."""
 
 
 class BackendUnavailableError(ValueError):
@@ -58,6 +60,11 @@ def _triton_reasons() -> list[str]:
     return []
 
 
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(index))
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -88,9 +95,16 @@ def reasons(op: str, backend: str, x: torch.Tensor, params: Sequence[torch.Tenso
     if backend in _GPU_BACKENDS and x.device.type != "cuda" and not (backend == "triton" and _interpreting()):
         why.append(f"{backend} runs on CUDA tensors only; x is on {x.device}"
                    + (" (or on CPU with TRITON_INTERPRET=1)" if backend == "triton" else ""))
+    too_old = False
+    if backend in _GPU_BACKENDS and x.device.type == "cuda":
+        cap = _capability(x.device.index if x.device.index is not None else torch.cuda.current_device())
+        too_old = tuple(cap) < MIN_CAPABILITY
+        if too_old:
+            why.append(f"{backend} needs a GPU of compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer; "
+                       f"{x.device} is sm_{cap[0]}{cap[1]} (the fft and dense backends run there)")
     if backend == "triton":
         why += _triton_reasons()
-    if backend == "cuda":
+    if backend == "cuda" and not too_old:  # an unusable device must not load, or JIT-build, the extension
         from surm_ops import _extension
 
         ok, status = _extension.status()

@@ -20,6 +20,7 @@ from surm_ops.adapters.model import (
     parameter_report,
     save_adapters,
     trainable_parameters,
+    unload,
     unmerge,
 )
 from surm_ops.adapters.registry import METHODS, make_config, method_class
@@ -27,6 +28,7 @@ from surm_ops.adapters.rmlora import (
     RandomMasker,
     RMLoRAConfig,
     RMLoRALinear,
+    RMLoRATraining,
     orthogonality_loss,
     regularized_loss,
 )
@@ -52,6 +54,7 @@ __all__ = [
     "MoSARALinear",
     "RMLoRAConfig",
     "RMLoRALinear",
+    "RMLoRATraining",
     "RandomMasker",
     "SARAConfig",
     "SARALinear",
@@ -71,5 +74,14 @@ __all__ = [
     "regularized_loss",
     "save_adapters",
     "trainable_parameters",
+    "unload",
     "unmerge",
 ]
+
+
+def __getattr__(name: str):
+    if name == "RMLoRACallback":  # needs transformers: imported on demand
+        from surm_ops.adapters.hf import RMLoRACallback
+
+        return RMLoRACallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

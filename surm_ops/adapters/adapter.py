@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import surm_ops
-from surm_ops.adapters._util import check_choice
+from surm_ops.adapters._util import apply_keeping_float, check_choice
 from surm_ops.reference import dense
 
 ADAPTER_METHOD = "adapter"
@@ -56,8 +56,8 @@ class AdapterConfig:
     Kronecker factor A (f, n/f) and the column count of B (n/f, f); it must divide n; None picks the divisor of n
     closest to sqrt(n) (our choice: both factors as square as possible, so that ``rank(B ⊗ A) = rank(B) rank(A)``
     can reach its maximum ``min(f, n/f)²``). dropout: on the adapter's input ``h`` only. features: n, the wrapped
-    module's output size; None infers it from the module (``out_features``, ``nf``, ``embedding_dim`` or a
-    ``normalized_shape``).
+    module's output size; None infers it from the module (``out_features``, ``nf``, ``embedding_dim``,
+    ``embed_dim`` or a ``normalized_shape``).
     """
 
     structure: str = "circulant"
@@ -92,7 +92,7 @@ def default_kron_factor(n: int) -> int:
 
 
 def _infer_features(module: nn.Module) -> int | None:
-    for attr in ("out_features", "nf", "embedding_dim"):
+    for attr in ("out_features", "nf", "embedding_dim", "embed_dim"):
         value = getattr(module, attr, None)
         if isinstance(value, int):
             return value
@@ -112,7 +112,9 @@ def _param_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
 
 class SURMAdapter(nn.Module):
     """Wraps ``module`` (any module whose output is a tensor of shape (..., n)) with the SURM adapter
-    ``out + GELU(M · drop(out)) + bias``.
+    ``out + GELU(M · drop(out)) + bias``. A module returning a tuple whose first element is that tensor
+    (``nn.MultiheadAttention``, transformers attention blocks) gets the adapter on the first element; the rest of
+    the tuple passes through.
 
     Args:
         module: the wrapped module; its parameters are frozen.
@@ -180,6 +182,9 @@ class SURMAdapter(nn.Module):
         self.adapter_bias = nn.Parameter(torch.zeros(n, **kw))
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
 
+    def _apply(self, fn, recurse=True):
+        return apply_keeping_float(self, fn, recurse, super()._apply)
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
@@ -213,11 +218,18 @@ class SURMAdapter(nn.Module):
             return dense.ldr(self.g, self.h)
         return dense.kronecker(self.kron_B, self.kron_A)
 
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         out = self.module(*args, **kwargs)
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+            # nn.MultiheadAttention, transformers attention blocks: (hidden states, extras...); adapt the first.
+            return (self._adapt(out[0]), *out[1:])
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"adapter: the wrapped module {self.layer_name!r} returned {type(out).__name__}; the "
-                            "adapter form needs a module whose output is a tensor (..., n)")
+                            "adapter form needs a module whose output is a tensor (..., n) or a tuple starting with "
+                            "one")
+        return self._adapt(out)
+
+    def _adapt(self, out: torch.Tensor) -> torch.Tensor:
         if out.shape[-1] != self.features:
             raise ValueError(f"adapter: the wrapped module {self.layer_name!r} returned shape {tuple(out.shape)}; "
                              f"the adapter was built for (..., {self.features})")

@@ -39,8 +39,9 @@ class CirculantLinear(AdaptedLinear):
     method = "circulant"
     config_class = CirculantConfig
 
-    def __init__(self, base: nn.Linear, config: CirculantConfig, name: str = "") -> None:
-        super().__init__(base, config, name)
+    def __init__(self, base: nn.Module, config: CirculantConfig, name: str = "", *,
+                 fan_in_fan_out: bool | None = None) -> None:
+        super().__init__(base, config, name, fan_in_fan_out=fan_in_fan_out)
         d_in, d_out = self.in_features, self.out_features
         if config.layout == "block":
             b = block_size_for(self.method, name, d_in, d_out, config.block_size)

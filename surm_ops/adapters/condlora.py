@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from surm_ops.adapters._util import check_choice, check_positive
-from surm_ops.adapters.base import AdaptedLinear
+from surm_ops.adapters._util import apply_keeping_float, check_choice, check_positive
+from surm_ops.adapters.base import AdaptedLinear, linear_dims
 from surm_ops.adapters.registry import register
 
 
@@ -80,10 +80,15 @@ class CondLoRAMaps(nn.Module):
         nn.init.kaiming_uniform_(self.theta_A, a=math.sqrt(5))
 
     @classmethod
-    def for_linear(cls, base: nn.Linear, config: CondLoRAConfig) -> CondLoRAMaps:
-        """Maps fitting ``base`` (float32, or float64 for a float64 layer; on base's device)."""
+    def for_linear(cls, base: nn.Module, config: CondLoRAConfig, *, fan_in_fan_out: bool | None = None
+                   ) -> CondLoRAMaps:
+        """Maps fitting ``base`` (an nn.Linear or Conv1D; float32, or float64 for a float64 layer; on its device)."""
+        d_in, d_out, _ = linear_dims(base, fan_in_fan_out, method="condlora")
         dt = base.weight.dtype if base.weight.dtype == torch.float64 else torch.float32
-        return cls(config.r, base.in_features, base.out_features, config.form, dtype=dt, device=base.weight.device)
+        return cls(config.r, d_in, d_out, config.form, dtype=dt, device=base.weight.device)
+
+    def _apply(self, fn, recurse=True):
+        return apply_keeping_float(self, fn, recurse, super()._apply)
 
     def factors(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` of shapes (..., r, d_in) and (..., d_out, r) from weight (..., d_out, d_in) in the maps' dtype.
@@ -112,15 +117,16 @@ class CondLoRALinear(AdaptedLinear):
     method = "condlora"
     config_class = CondLoRAConfig
 
-    def __init__(self, base: nn.Linear, config: CondLoRAConfig, name: str = "",
-                 maps: CondLoRAMaps | None = None) -> None:
-        super().__init__(base, config, name)
+    def __init__(self, base: nn.Module, config: CondLoRAConfig, name: str = "",
+                 maps: CondLoRAMaps | None = None, *, fan_in_fan_out: bool | None = None) -> None:
+        super().__init__(base, config, name, fan_in_fan_out=fan_in_fan_out)
         d_in, d_out = self.in_features, self.out_features
         if config.form == "square" and d_in != d_out:
             raise ValueError(f"condlora: form='square' needs a square layer; layer {name!r} is {d_in} -> {d_out} "
                              "(use form='rectangular')")
         if maps is None:
-            self.cond_maps = CondLoRAMaps.for_linear(base, config)  # owned: a registered submodule
+            # owned: a registered submodule
+            self.cond_maps = CondLoRAMaps.for_linear(base, config, fan_in_fan_out=self.fan_in_fan_out)
         else:
             if (maps.r, maps.d_in, maps.d_out, maps.form) != (config.r, d_in, d_out, config.form):
                 raise ValueError(f"condlora: the shared maps ({maps.extra_repr()}) do not fit layer {name!r} "
@@ -131,7 +137,8 @@ class CondLoRALinear(AdaptedLinear):
 
     def _frozen_weight(self) -> torch.Tensor:
         # When merged the base weight holds W0 + dW; the factors are defined by W0.
-        return self._original_weight if self.merged else self.base.weight
+        w = self._original_weight if self.merged else self.base.weight
+        return w.T if self.fan_in_fan_out else w
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A_l, B_l)``, shapes (r, d_in) and (d_out, r), differentiable in the maps only."""

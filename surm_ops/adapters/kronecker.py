@@ -32,8 +32,9 @@ class KroneckerLinear(AdaptedLinear):
     method = "kronecker"
     config_class = KroneckerConfig
 
-    def __init__(self, base: nn.Linear, config: KroneckerConfig, name: str = "") -> None:
-        super().__init__(base, config, name)
+    def __init__(self, base: nn.Module, config: KroneckerConfig, name: str = "", *,
+                 fan_in_fan_out: bool | None = None) -> None:
+        super().__init__(base, config, name, fan_in_fan_out=fan_in_fan_out)
         r, d_in, d_out = config.r, self.in_features, self.out_features
         if d_in % r or d_out % r:
             raise ValueError(f"kronecker: r={r} must divide both dimensions of layer {name!r} ({d_in} -> {d_out})")

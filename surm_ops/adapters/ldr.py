@@ -37,8 +37,9 @@ class LDRLinear(AdaptedLinear):
     method = "ldr"
     config_class = LDRConfig
 
-    def __init__(self, base: nn.Linear, config: LDRConfig, name: str = "") -> None:
-        super().__init__(base, config, name)
+    def __init__(self, base: nn.Module, config: LDRConfig, name: str = "", *,
+                 fan_in_fan_out: bool | None = None) -> None:
+        super().__init__(base, config, name, fan_in_fan_out=fan_in_fan_out)
         d_in, d_out = self.in_features, self.out_features
         kw = dict(dtype=self.param_dtype(), device=base.weight.device)
         if config.layout == "block":

@@ -35,8 +35,9 @@ class LoRALinear(AdaptedLinear):
     method = "lora"
     config_class = LoRAConfig
 
-    def __init__(self, base: nn.Linear, config: LoRAConfig, name: str = "") -> None:
-        super().__init__(base, config, name)
+    def __init__(self, base: nn.Module, config: LoRAConfig, name: str = "", *,
+                 fan_in_fan_out: bool | None = None) -> None:
+        super().__init__(base, config, name, fan_in_fan_out=fan_in_fan_out)
         kw = dict(dtype=self.param_dtype(), device=base.weight.device)
         self.lora_A = nn.Parameter(torch.empty(config.r, self.in_features, **kw))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.r, **kw))

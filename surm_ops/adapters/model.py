@@ -1,6 +1,6 @@
 """Model-level API: inject adapters into a model, merge and unmerge them, save and load them, report their size.
 
-Typical use::
+Typical use (``unload`` returns a plain model, merged or with the adapters removed)::
 
     import surm_ops
     model = BertModel(config)                                       # any nn.Module
@@ -11,10 +11,12 @@ Typical use::
     surm_ops.load_adapters(fresh, "out/")
     surm_ops.merge(fresh)                                          # no inference overhead; unmerge() is exact
     print(surm_ops.parameter_report(fresh))
+    plain = surm_ops.unload(fresh)                                 # plain modules, merged
 
-Errors: a wrong argument or a file that does not fit the model raises ``ValueError`` (``TypeError`` where a layer
-class rejects a module's type); a model in the wrong state (already injected, merging a non-mergeable method,
-loading into a merged model) raises ``RuntimeError``. Every function validates first and changes nothing on error.
+Errors: a wrong argument or a file that does not fit the model (or cannot be read) raises ``ValueError``
+(``TypeError`` where a layer class rejects a module's type); a model in the wrong state (already injected, merging a
+non-mergeable method or a tied weight, loading into a merged model) raises ``RuntimeError``. Every function validates
+first and changes nothing on error.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from torch import nn
 
 import surm_ops
 from surm_ops.adapters.adapter import ADAPTER_METHOD, SURMAdapter
-from surm_ops.adapters.base import AdaptedLinear
+from surm_ops.adapters.base import AdaptedLinear, is_conv1d, linear_dims
 from surm_ops.adapters.condlora import CondLoRAMaps, condlora_group_key
-from surm_ops.adapters.registry import METHODS, make_config, method_class
+from surm_ops.adapters.registry import METHODS, build_config, make_config, method_class
 from surm_ops.adapters.sara import MoSARAConfig, SARAConfig, ranks_for_budget
 
 WRAPPERS: dict[str, type[SURMAdapter]] = {ADAPTER_METHOD: SURMAdapter}
@@ -48,6 +50,7 @@ CONFIG_ATTR = "surm_adapter_config"
 CONDLORA_ATTR = "surm_condlora"
 WEIGHTS_NAME = "adapter.safetensors"
 CONFIG_NAME = "adapter_config.json"
+_FLAGS_ATTR = "_surm_requires_grad"  # [(parameter, requires_grad before inject)], restored by unload
 _SAFETENSORS_KEY = "surm_adapter_config"  # the metadata, also in the safetensors header: a mixed pair is detected
 _SHOWN = 5  # how many names an error message lists
 
@@ -59,10 +62,7 @@ def available_methods() -> list[str]:
 
 def _make_config(method: str, options: dict[str, Any]) -> Any:
     if method in WRAPPERS:
-        try:
-            return WRAPPERS[method].config_class(**options)
-        except TypeError as err:  # an unexpected keyword
-            raise ValueError(f"{method}: {err}") from None
+        return build_config(method, WRAPPERS[method].config_class, options)
     if method not in METHODS:
         raise ValueError(f"unknown adapter method {method!r}; expected one of {', '.join(available_methods())}")
     return make_config(method, **options)
@@ -93,10 +93,22 @@ def _matcher(target_modules: str | Sequence[str] | None) -> Callable[[str], bool
                      f"whole qualified name) or a non-empty list of name suffixes; got {target_modules!r}")
 
 
+def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
+    """id(parameter) -> qualified names, for every parameter held by more than one module (tied weights, e.g. an
+    ``lm_head`` sharing the input embedding). A module registered under several names counts once."""
+    holders: dict[int, dict[int, str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), {}).setdefault(id(module), f"{name}.{pname}" if name else pname)
+    return {key: list(mods.values()) for key, mods in holders.items() if len(mods) > 1}
+
+
 def _find_targets(model: nn.Module, target_modules, method: str) -> list[tuple[str, nn.Module, list[str]]]:
     """``(name, module, every name it has)`` of each matched module, in model order. A module registered under
     several names (shared) is matched once and replaced under all of them."""
     match = _matcher(target_modules)
+    shared = _shared_weights(model) if match is None else {}
     names: dict[int, list[str]] = {}
     modules: dict[int, nn.Module] = {}
     mha_out_proj: set[int] = set()
@@ -111,8 +123,10 @@ def _find_targets(model: nn.Module, target_modules, method: str) -> list[tuple[s
         module = modules[key]
         if match is None:
             # nn.MultiheadAttention reads out_proj.weight directly, never calling out_proj: an adapter there would
-            # silently do nothing, so "every nn.Linear" skips it and naming it explicitly is an error.
-            hit = isinstance(module, nn.Linear) and key not in mha_out_proj
+            # silently do nothing, so "every nn.Linear" skips it and naming it explicitly is an error. A layer whose
+            # weight is tied to another module's (a tied lm_head) is skipped: it could never be merged.
+            hit = ((isinstance(module, nn.Linear) or is_conv1d(module)) and key not in mha_out_proj
+                   and id(module.weight) not in shared)
         else:
             hit = any(match(n) for n in module_names)
             if hit and key in mha_out_proj:
@@ -164,7 +178,10 @@ def _build(method: str, config: Any, matched) -> tuple[dict[int, nn.Module], dic
     configs = {name: config for name, _, _ in matched}
     if isinstance(config, (SARAConfig, MoSARAConfig)) and config.budget is not None and config.rank is None:
         # One global threshold for the whole model: resolved here, each layer gets its rank through config.rank.
-        weights = {name: m.weight for name, m, _ in matched if isinstance(m, nn.Linear)}
+        weights = {}
+        for name, m, _ in matched:
+            d_in, d_out, flip = linear_dims(m, None, name, method)  # a layer it cannot adapt fails here, by name
+            weights[name] = m.weight.T if flip else m.weight
         if weights:
             theta, ranks = ranks_for_budget(weights, config.budget, config.params_per_rank,
                                             max_rank=config.max_rank, randomized=config.randomized)
@@ -172,23 +189,36 @@ def _build(method: str, config: Any, matched) -> tuple[dict[int, nn.Module], dic
             resolved = {"threshold": theta, "ranks": ranks}
     if method != "condlora":
         return {id(m): cls(m, configs[name], name) for name, m, _ in matched}, {}, resolved
-    # CondLoRA: one maps module per module type, shared by every layer of that type.
+    # CondLoRA: one maps module per module type, shared by every layer of that type. The type is the last name
+    # component; where layers of one name differ in shape (GPT-2's attn.c_proj 32 -> 32, mlp.c_proj 128 -> 32)
+    # each shape is its own type, keyed "<name>_<d_in>x<d_out>".
+    dims = {}
+    for name, m, _ in matched:
+        try:
+            dims[name] = linear_dims(m, None, name, method)[:2]
+        except TypeError:
+            dims[name] = None  # the layer constructor raises the error, naming the layer
+    shapes: dict[str, set] = {}
+    for name, d in dims.items():
+        shapes.setdefault(condlora_group_key(name), set()).add(d)
     maps: dict[str, CondLoRAMaps] = {}
     layers = {}
     for name, m, _ in matched:
         key = condlora_group_key(name)
-        if key not in maps and isinstance(m, nn.Linear):
+        if len(shapes[key]) > 1 and dims[name] is not None:
+            key = f"{key}_{dims[name][0]}x{dims[name][1]}"
+        if key not in maps:
             try:
                 maps[key] = CondLoRAMaps.for_linear(m, config)
-            except ValueError as err:
-                raise ValueError(f"{err} (layer {name!r})") from None
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{err} (layer {name!r})") from None
         layers[id(m)] = cls(m, config, name, maps=maps.get(key))
     keys = _sanitize(list(maps))
     return layers, {keys[k]: v for k, v in maps.items()}, resolved
 
 
-def inject(model: nn.Module, method: str, target_modules: str | Sequence[str] | None = None,
-           **options: Any) -> nn.Module:
+def inject(model: nn.Module, method: str, target_modules: str | Sequence[str] | None = None, *,
+           modules_to_save: Sequence[str] | None = None, **options: Any) -> nn.Module:
     """Replace the targeted layers of ``model`` by adapted layers, in place; freeze everything else.
 
     Args:
@@ -197,8 +227,12 @@ def inject(model: nn.Module, method: str, target_modules: str | Sequence[str] | 
         method: one of :func:`available_methods` ("lora", "circulant", ..., and "adapter", the SURM adapter form).
         target_modules: a list of name suffixes (a module matches when its qualified name equals a suffix or ends
             with ``"." + suffix``, like PEFT), or a str regular expression matched with ``fullmatch`` against the
-            qualified name, or None for every ``nn.Linear`` (except the ``out_proj`` of ``nn.MultiheadAttention``,
-            which never calls it).
+            qualified name, or None for every ``nn.Linear`` and transformers ``Conv1D`` (except the ``out_proj`` of
+            ``nn.MultiheadAttention``, which never calls it, and layers whose weight is tied to another module, such
+            as a tied ``lm_head``, which could never be merged).
+        modules_to_save: name suffixes (as ``target_modules``) of whole modules to train fully and store in the
+            adapter file, e.g. a fresh task head ``["classifier"]`` (PEFT's option of the same name). They must not
+            contain or sit inside an adapted layer.
         **options: the method's config fields (e.g. ``r=8, alpha=16`` for LoRA); invalid ones raise ``ValueError``.
 
     Returns:
@@ -206,7 +240,8 @@ def inject(model: nn.Module, method: str, target_modules: str | Sequence[str] | 
         targeted modules, of any type, in :class:`SURMAdapter`). Every parameter outside the adapters gets
         ``requires_grad=False``. ``model.surm_adapter_config`` records ``method``, ``options`` (the full config),
         ``targets`` (the qualified names), ``surm_ops_version`` and, for SARA/Mo-SARA with ``budget=``,
-        ``resolved`` (the global threshold and the rank of every layer). CondLoRA's shared maps, one per module
+        ``resolved`` (the global threshold and the rank of every layer) and ``modules_to_save`` (qualified names).
+        CondLoRA's shared maps, one per module
         type (the last component of the name), live in ``model.surm_condlora`` (an ``nn.ModuleDict``).
 
     Atomic: every new layer is built (and validated) before any is swapped in, so an error (an invalid option, no
@@ -227,8 +262,11 @@ def inject(model: nn.Module, method: str, target_modules: str | Sequence[str] | 
     if hasattr(model, CONDLORA_ATTR):
         raise RuntimeError(f"inject: {type(model).__name__} already has an attribute {CONDLORA_ATTR!r}")
     matched = _find_targets(model, target_modules, method)
+    saved = _find_modules_to_save(model, modules_to_save, matched)
     meta = {"method": method, "options": _jsonable(dataclasses.asdict(config)),
             "targets": [name for name, _, _ in matched], "surm_ops_version": surm_ops.__version__}
+    if saved:
+        meta["modules_to_save"] = saved
 
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:  # layer constructors freeze their base: restore the flags if any layer fails
@@ -251,10 +289,59 @@ def inject(model: nn.Module, method: str, target_modules: str | Sequence[str] | 
     for p in model.parameters():
         if id(p) not in adapter_ids:
             p.requires_grad_(False)
+    for name in saved:
+        model.get_submodule(name).requires_grad_(True)
     if resolved:
         meta["resolved"] = resolved
     setattr(model, CONFIG_ATTR, meta)
+    model.__dict__[_FLAGS_ATTR] = flags  # for unload: the flags the user had
+    if callable(getattr(type(model), "resize_token_embeddings", None)):  # a transformers PreTrainedModel
+        model.__dict__["resize_token_embeddings"] = _ResizeGuard(model)
     return model
+
+
+def _find_modules_to_save(model: nn.Module, modules_to_save, matched) -> list[str]:
+    """The qualified names of the modules to train fully and save, validated against the adapted targets."""
+    if modules_to_save is None:
+        return []
+    if isinstance(modules_to_save, str) or not (isinstance(modules_to_save, (list, tuple, set, frozenset))
+                                                and all(isinstance(t, str) and t for t in modules_to_save)):
+        raise ValueError(f"modules_to_save must be a list of module name suffixes; got {modules_to_save!r}")
+    names = []
+    for suffix in modules_to_save:
+        found = [n for n, _ in model.named_modules() if n and (n == suffix or n.endswith("." + suffix))]
+        if not found:
+            pool = [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+            raise ValueError(f"modules_to_save: no module of {type(model).__name__} is named {suffix!r} (or ends with "
+                             f"'.{suffix}'); leaf modules include {_listing(pool)}")
+        names += [n for n in found if n not in names]
+    targets = [n for _, _, ns in matched for n in ns]
+    for name in names:
+        for t in targets:
+            if name == t or t.startswith(name + ".") or name.startswith(t + "."):
+                raise ValueError(f"modules_to_save: {name!r} overlaps the adapted layer {t!r}; a module is either "
+                                 "adapted or saved whole")
+    return names
+
+
+class _ResizeGuard:
+    """transformers' ``resize_token_embeddings`` for an injected model, refused (before anything changes) when an
+    embedding or the output layer carries an adapter, whose shape would no longer fit the vocabulary. An object, not
+    a bound method, so that the model still pickles and deep-copies."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        model = self.model
+        for getter in ("get_input_embeddings", "get_output_embeddings"):
+            module = getattr(model, getter)()
+            if isinstance(module, ADAPTED_TYPES):
+                name = next((n for n, m in model.named_modules() if m is module), getter)
+                raise RuntimeError(f"resize_token_embeddings: {name!r} carries a {module.method} adapter whose shape "
+                                   "is tied to the vocabulary size; nothing was resized. Resize before inject, or "
+                                   "surm_ops.unload(model) first")
+        return type(model).resize_token_embeddings(model, *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------- layer discovery
@@ -271,11 +358,33 @@ def _unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def _metadata(model: nn.Module) -> dict[str, Any]:
-    meta = getattr(model, CONFIG_ATTR, None)
-    if not isinstance(meta, dict):
+def _injected_root(model: nn.Module) -> nn.Module:
+    """The module :func:`inject` was called on: ``model`` itself, or the one submodule of it that carries the
+    metadata (adapters injected into ``model.bert`` are found from the outer model)."""
+    model = _unwrap(model)
+    if isinstance(getattr(model, CONFIG_ATTR, None), dict):
+        return model
+    roots = [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, CONFIG_ATTR, None), dict)]
+    if len(roots) > 1:
+        raise ValueError(f"{type(model).__name__} holds several injected submodules ({_listing([n for n, _ in roots])})"
+                         "; pass the one you mean")
+    if not roots:
         raise ValueError(f"{type(model).__name__} has no surm_ops adapters (call inject first)")
-    return meta
+    return roots[0][1]
+
+
+def _metadata(model: nn.Module) -> dict[str, Any]:
+    return getattr(_injected_root(model), CONFIG_ATTR)
+
+
+def _saved_tensors(root: nn.Module) -> dict[str, torch.Tensor]:
+    """Qualified name -> tensor of everything the adapter file holds: the adapter parameters, then the full state
+    (parameters and buffers) of each module in ``modules_to_save``."""
+    tensors: dict[str, torch.Tensor] = dict(_adapter_parameters(root))
+    for name in getattr(root, CONFIG_ATTR).get("modules_to_save", []):
+        for key, t in root.get_submodule(name).state_dict(keep_vars=True).items():
+            tensors.setdefault(f"{name}.{key}", t)
+    return tensors
 
 
 def adapter_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -312,16 +421,13 @@ def _require_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def merge(model: nn.Module) -> nn.Module:
     """Merge every adapted layer's update into its frozen weight (forward unchanged, no adapter overhead).
 
-    Raises ``RuntimeError`` naming the first non-mergeable layer (Mo-SARA, the adapter form) before any layer is
-    merged. Already merged layers are left as they are. Train only unmerged: a merged layer ignores its adapter.
+    Raises ``RuntimeError`` before any layer is merged when a layer cannot be: a non-mergeable method (Mo-SARA, the
+    adapter form), or a layer whose weight is tied to another module (e.g. an ``lm_head`` sharing the input
+    embedding: adding dW there would change the embedding too). Already merged layers are left as they are. Train
+    only unmerged: a merged layer ignores its adapter (and warns when it runs in training mode with gradients on).
     """
+    _check_mergeable(model, "merge")
     layers = _require_layers(model)
-    blocked = [(n, layer) for n, layer in layers if not layer.mergeable]
-    if blocked:
-        name, layer = blocked[0]
-        more = f" (and {len(blocked) - 1} more layers)" if len(blocked) > 1 else ""
-        raise RuntimeError(f"merge: {layer.method} layer {name!r}{more} cannot be merged: its update is not a fixed "
-                           "weight; no layer was changed")
     done = []
     try:
         for _, layer in layers:
@@ -335,11 +441,74 @@ def merge(model: nn.Module) -> nn.Module:
     return model
 
 
+def _check_mergeable(model: nn.Module, verb: str) -> None:
+    layers = _require_layers(model)
+    blocked = [(n, layer) for n, layer in layers if not layer.mergeable]
+    if blocked:
+        name, layer = blocked[0]
+        more = f" (and {len(blocked) - 1} more layers)" if len(blocked) > 1 else ""
+        raise RuntimeError(f"{verb}: {layer.method} layer {name!r}{more} cannot be merged: its update is not a fixed "
+                           "weight; no layer was changed")
+    shared = _shared_weights(_unwrap(model))
+    for name, layer in layers:
+        others = shared.get(id(layer.base.weight), [])
+        if not layer.merged and others:
+            raise RuntimeError(f"{verb}: layer {name!r} cannot be merged: its weight is shared with "
+                               f"{_listing([o for o in others if not o.startswith(name + '.')])} (tied weights), so "
+                               "merging would change those modules too; no layer was changed. Keep it unmerged, or "
+                               "inject without it (the default targets skip tied layers)")
+
+
 def unmerge(model: nn.Module) -> nn.Module:
     """Restore every merged layer's frozen weight bit for bit (a no-op for layers that are not merged)."""
     for _, layer in _require_layers(model):
         layer.unmerge()
     return model
+
+
+def unload(model: nn.Module, merge: bool = True) -> nn.Module:
+    """Return ``model`` with plain modules again: every adapted layer is replaced by its own frozen layer, merged
+    (``merge=True``: the weights hold W0 + dW, PEFT's ``merge_and_unload``) or restored (``merge=False``: the
+    adapters are removed and W0 restored bit for bit), in place.
+
+    Afterwards the model has no surm_ops attribute, wrapper or extra weight copy left: its ``state_dict`` has the
+    original keys (so ``save_pretrained`` / ``from_pretrained`` reproduce it), every parameter gets back the
+    ``requires_grad`` it had before :func:`inject`, and the ``modules_to_save`` keep their trained values.
+
+    With ``merge=True`` a layer that cannot be merged (Mo-SARA, the adapter form, a tied weight) raises
+    ``RuntimeError`` before anything changes; ``merge=False`` works for every method. ``model`` may be an outer
+    module whose injected part is a submodule.
+
+    Example::
+
+        >>> model = surm_ops.unload(model)                  # merged, plain nn.Linear everywhere
+        >>> model.save_pretrained("merged/")                # a transformers model: loads without surm_ops
+    """
+    root = _injected_root(model)
+    layers = _require_layers(root)
+    if merge:
+        _check_mergeable(root, "unload")
+    slots = []  # every name a layer is registered under (a shared module has several)
+    for module in root.modules(remove_duplicate=False):
+        for attr, child in module._modules.items():
+            if isinstance(child, ADAPTED_TYPES):
+                slots.append((module, attr, child))
+    if merge:
+        surm_ops.merge(root)
+    for _, layer in layers:
+        if not merge:
+            layer.unmerge()
+        if isinstance(layer, AdaptedLinear):
+            layer._original_weight = None  # the unmerge copy: unload must not keep a second weight
+    for parent, attr, layer in slots:
+        setattr(parent, attr, layer.base if isinstance(layer, AdaptedLinear) else layer.module)
+    if hasattr(root, CONDLORA_ATTR):
+        delattr(root, CONDLORA_ATTR)
+    delattr(root, CONFIG_ATTR)
+    for p, flag in root.__dict__.pop(_FLAGS_ATTR, []):
+        p.requires_grad_(flag)
+    root.__dict__.pop("resize_token_embeddings", None)
+    return _unwrap(model)
 
 
 # ------------------------------------------------------------------------------------------------ save / load
@@ -360,17 +529,21 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> None:
     """Write the adapters of ``model`` to the directory ``path`` (created if needed).
 
     ``adapter.safetensors`` holds only the adapter tensors (the layers' trainable parameters and CondLoRA's shared
-    maps, under their qualified names, contiguous, in their own float dtype); ``adapter_config.json`` holds
+    maps, under their qualified names, contiguous, in their own float dtype) and the whole state of the
+    ``modules_to_save`` given to :func:`inject`; ``adapter_config.json`` holds
     ``model.surm_adapter_config`` plus each tensor's shape and dtype. Both files are written to temporary files in
     ``path`` and renamed into place, so a failed save never leaves a half-written file.
 
     Mo-SARA's frozen singular vectors are buffers recomputed from the base weights by :func:`inject`, so they are
     not saved. Saving a merged model is fine: merging never changes the adapter parameters. Under FSDP2 call it on
     every rank (the shards are gathered collectively; every rank writes the same files, atomically).
+
+    ``model`` may be an outer module whose injected part is a submodule (names are then relative to that submodule,
+    so the file loads into either).
     """
-    model = _unwrap(model)
+    model = _injected_root(model)
     meta = _metadata(model)
-    tensors = {name: _to_cpu(p) for name, p in _adapter_parameters(model).items()}
+    tensors = {name: _to_cpu(p) for name, p in _saved_tensors(model).items()}
     config = {**meta, "tensors": {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                                   for name, t in tensors.items()}}
     from safetensors.torch import save_file
@@ -417,9 +590,14 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     must be an adapter tensor of the model with the same shape, and no adapter tensor of the model may be missing
     from the file). A mismatch raises ``ValueError`` listing the first ones and leaves the model untouched; loading
     into a merged model raises ``RuntimeError`` (unmerge first). Values are then copied in under ``torch.no_grad``,
-    cast to each parameter's dtype and device.
+    cast to each parameter's dtype and device. A file that is not a readable adapter file (truncated, empty, not
+    JSON, a config of the wrong shape) raises ``ValueError`` naming the file.
+
+    ``model`` may be an outer module whose injected part is a submodule. Returns ``model`` (unwrapped from
+    ``torch.compile`` / DDP).
     """
-    model = _unwrap(model)
+    given = _unwrap(model)
+    model = _injected_root(model)
     meta = _metadata(model)
     path = Path(path)
     config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
@@ -429,24 +607,18 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     merged = [n for n, layer in adapter_layers(model) if layer.merged]
     if merged:
         raise RuntimeError(f"load_adapters: layer {merged[0]!r} is merged; unmerge(model) before loading")
-    with open(config_file) as f:
-        saved = json.load(f)
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(weights_file, framework="pt") as f:
-        header = (f.metadata() or {}).get(_SAFETENSORS_KEY)
-    tensors = load_file(weights_file)
+    saved = _read_config(config_file)
+    header, tensors = _read_weights(weights_file)
 
     problems: list[str] = []
     saved_meta = {k: v for k, v in saved.items() if k != "tensors"}
-    if header is not None and json.loads(header) != saved_meta:
+    if header is not None and header != saved_meta:
         problems.append(f"{CONFIG_NAME} and {WEIGHTS_NAME} come from different saves")
     if saved.get("method") != meta["method"]:
         problems.append(f"method: saved {saved.get('method')!r}, model {meta['method']!r}")
     else:
         problems += [f"option {d}" for d in _option_differences(saved.get("options") or {}, meta["options"])]
-    params = _adapter_parameters(model)
+    params = _saved_tensors(model)
     unexpected = [n for n in tensors if n not in params]
     missing = [n for n in params if n not in tensors]
     if unexpected:
@@ -457,9 +629,10 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
               for n, t in tensors.items() if n in params and t.shape != params[n].shape]
     if shapes:
         problems.append(f"{len(shapes)} shape mismatches: {'; '.join(shapes[:_SHOWN])}")
-    not_float = [n for n, t in tensors.items() if not t.is_floating_point()]
+    not_float = [n for n, t in tensors.items()
+                 if n in params and t.is_floating_point() != params[n].is_floating_point()]
     if not_float:
-        problems.append(f"non-float tensors in the file: {_listing(not_float)}")
+        problems.append(f"tensors of the wrong kind (integer vs float) in the file: {_listing(not_float)}")
     sharded = [n for n, p in params.items() if hasattr(p, "full_tensor")]
     if sharded:
         problems.append(f"the model's adapter tensors are sharded (FSDP2), e.g. {sharded[0]!r}: load before "
@@ -469,7 +642,44 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[name].to(p.dtype))
-    return model
+    return given
+
+
+def _read_config(config_file: Path) -> dict[str, Any]:
+    """adapter_config.json as a dict with the keys load needs, or ``ValueError`` naming the file and the fault."""
+    try:
+        with open(config_file) as f:
+            saved = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"load_adapters: {config_file} is not valid JSON ({err}); it was not written by "
+                         "save_adapters or is corrupt") from None
+    faults = []
+    if not isinstance(saved, dict):
+        faults.append(f"the top level is a {type(saved).__name__}, not an object")
+    else:
+        for key, kind in (("method", str), ("options", dict), ("targets", list), ("tensors", dict)):
+            if not isinstance(saved.get(key), kind):
+                faults.append(f"{key!r} is {'missing' if key not in saved else type(saved[key]).__name__}, "
+                              f"expected {kind.__name__}")
+    if faults:
+        raise ValueError(f"load_adapters: {config_file} is not an adapter config: {'; '.join(faults)}")
+    return saved
+
+
+def _read_weights(weights_file: Path) -> tuple[dict | None, dict[str, torch.Tensor]]:
+    """``(metadata header or None, tensors)`` of adapter.safetensors, or ``ValueError`` naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(weights_file, framework="pt") as f:
+            header = (f.metadata() or {}).get(_SAFETENSORS_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+        header = None if header is None else json.loads(header)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        size = weights_file.stat().st_size
+        raise ValueError(f"load_adapters: {weights_file} ({size} bytes) is not a readable safetensors file "
+                         f"({type(err).__name__}: {err}); it is truncated, empty or corrupt") from None
+    return header, tensors
 
 
 # ------------------------------------------------------------------------------------------------------ reporting
@@ -499,6 +709,13 @@ def _report_rows(model: nn.Module) -> list[tuple[str, str, int, int | None]]:
             method = f"{members[0].method} ({len(members)} layers)" if members else "condlora"
             rows.append((f"{CONDLORA_ATTR}.{key}", method, sum(p.numel() for p in m.parameters() if p.requires_grad),
                          members[0].expected_parameters() if members else None))
+    for prefix, root in model.named_modules():  # modules_to_save: one row each, trained and saved whole
+        meta = getattr(root, CONFIG_ATTR, None)
+        for name in meta.get("modules_to_save", []) if isinstance(meta, dict) else []:
+            params = [p for p in root.get_submodule(name).parameters() if id(p) not in counted]
+            counted.update(id(p) for p in params)
+            rows.append((f"{prefix}.{name}" if prefix else name, "saved whole",
+                         sum(p.numel() for p in params if p.requires_grad), None))
     other = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in counted)
     if other:
         rows.append(("(other trainable parameters)", "-", other, None))
@@ -507,7 +724,8 @@ def _report_rows(model: nn.Module) -> list[tuple[str, str, int, int | None]]:
 
 def trainable_parameters(model: nn.Module) -> tuple[list[tuple[str, int]], int]:
     """``([(name, trainable count), ...], total)``: one row per adapted layer, one per CondLoRA shared map (named
-    ``surm_condlora.<type>``; its layers own no parameters) and, if anything else is trainable, a row
+    ``surm_condlora.<type>``; its layers own no parameters), one per module in ``modules_to_save`` and, if
+    anything else is trainable, a row
     ``"(other trainable parameters)"``. The total is every trainable parameter of the model, counted once."""
     rows = [(name, count) for name, _, count, _ in _report_rows(model)]
     return rows, sum(count for _, count in rows)

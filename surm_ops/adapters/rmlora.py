@@ -7,7 +7,19 @@ sit on top of the layer, both model-level:
 * :class:`RandomMasker`, called between backward and the optimizer step, which keeps ``random_rank`` of the r
   rank-one components of each layer's update per step.
 
-Training loop::
+Without them the layer trains as plain LoRA (``gamma``, ``random_rank``, ``version`` and ``mask`` do nothing), so an
+RM-LoRA layer that runs a training forward with neither attached warns once. The simple way is
+:class:`RMLoRATraining`, which attaches both to the optimizer (``surm_ops.adapters.hf.RMLoRACallback`` does it for
+the transformers ``Trainer``)::
+
+    rm = RMLoRATraining(model, optimizer)    # hooks on optimizer.step(); the loop stays a plain one
+    for batch in loader:
+        task_loss(model, batch).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()                     # adds gamma * dR/dtheta, masks, steps, restores (mask="update")
+        optimizer.zero_grad()
+
+The hand-wired loop (the authors' order: the regulariser is inside the clipped loss)::
 
     masker = RandomMasker(model)
     for batch in loader:
@@ -22,6 +34,8 @@ Training loop::
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -75,9 +89,33 @@ class RMLoRALinear(LoRALinear):
 
     method = "rmlora"
     config_class = RMLoRAConfig
+    _trainer_ref = None  # a weak reference: the optimizer's hooks keep an RMLoRATraining alive, the model does not
+    _warned = False
+
+    @property
+    def trainer(self) -> RMLoRATraining | RandomMasker | None:
+        """The :class:`RMLoRATraining` or :class:`RandomMasker` driving this layer (None: plain LoRA training)."""
+        return None if self._trainer_ref is None else self._trainer_ref()
+
+    @trainer.setter
+    def trainer(self, value: RMLoRATraining | RandomMasker | None) -> None:
+        self._trainer_ref = None if value is None else weakref.ref(value)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a weak reference does not pickle; a loaded copy is not attached
+        state.pop("_trainer_ref", None)
+        return state
 
     def init_a(self) -> None:
         nn.init.normal_(self.lora_A, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.trainer is None and not self._warned and self.training and torch.is_grad_enabled():
+            self._warned = True
+            warnings.warn(f"rmlora layer {self.layer_name!r} is training without RMLoRATraining(model, optimizer) "
+                          "(or RandomMasker and regularized_loss): gamma, random_rank, version and mask have no "
+                          "effect, this is plain LoRA", stacklevel=2)
+        return super().forward(x)
 
 
 def _layers(model: nn.Module) -> list[tuple[str, RMLoRALinear]]:
@@ -108,7 +146,11 @@ def orthogonality_loss(model: nn.Module) -> torch.Tensor:
 def regularized_loss(task_loss: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """``task_loss + gamma * R`` with gamma from the layers' configs (which must agree) and R from
     :func:`orthogonality_loss`."""
-    gammas = {layer.config.gamma for _, layer in _layers(model)}
+    layers = _layers(model)
+    if any(isinstance(layer.trainer, RMLoRATraining) for _, layer in layers):
+        raise RuntimeError("rmlora: RMLoRATraining already adds the regulariser's gradient at optimizer.step(); "
+                           "use the plain task loss (regularized_loss would count it twice)")
+    gammas = {layer.config.gamma for _, layer in layers}
     if len(gammas) != 1:
         raise ValueError(f"rmlora: the RM-LoRA layers disagree on gamma ({sorted(gammas)}); add "
                          "gamma * orthogonality_loss(model) yourself")
@@ -139,6 +181,9 @@ class RandomMasker:
 
     def __init__(self, model: nn.Module, generator: torch.Generator | None = None) -> None:
         self.layers = _layers(model)
+        for _, layer in self.layers:
+            if layer.trainer is None:
+                layer.trainer = self
         self.generator = generator
         self.calls = 0
         self.kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -185,3 +230,90 @@ def _complement(keep: torch.Tensor, r: int) -> torch.Tensor:
     mask[keep] = False
     return mask.nonzero().flatten()
 
+
+
+def _innermost(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer that really steps (accelerate's AcceleratedOptimizer wraps one and steps it only on sync)."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+class RMLoRATraining:
+    """RM-LoRA's regulariser and random masking, attached to ``optimizer`` so that a plain training loop runs the
+    method as specified: nothing to call but ``optimizer.step()``.
+
+    Every ``optimizer.step()`` first adds the regulariser's gradient ``gamma_l * dR/dtheta`` to each RM-LoRA layer's
+    A and B (R of :func:`orthogonality_loss`, each layer's own ``gamma``; once per step, so gradient accumulation
+    does not repeat it), then masks the gradients as :meth:`RandomMasker.apply`; after the step it runs
+    :meth:`RandomMasker.after_step`. One difference from the authors' loop: the regulariser's gradient is added
+    after any gradient clipping, not clipped with the task gradient (use :func:`regularized_loss` and
+    :class:`RandomMasker` by hand for the exact order).
+
+    Args:
+        model: the injected model (its RM-LoRA layers are found by type).
+        optimizer: the optimizer over (at least) every RM-LoRA parameter; wrappers with an ``optimizer``
+            attribute (accelerate) are unwrapped.
+        generator: a CPU ``torch.Generator`` for the masks.
+
+    Raises ``ValueError`` when the model has no RM-LoRA layer or an RM-LoRA parameter is not in the optimizer, and
+    ``RuntimeError`` when the layers are already attached to another :class:`RMLoRATraining`. :meth:`remove`
+    detaches it.
+
+    Example::
+
+        >>> rm = RMLoRATraining(model, torch.optim.AdamW(trainable, lr=3e-3))
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 generator: torch.Generator | None = None) -> None:
+        layers = _layers(model)
+        owned = [name for name, layer in layers if isinstance(layer.trainer, RMLoRATraining)]
+        if owned:
+            raise RuntimeError(f"rmlora: layer {owned[0]!r} is already attached to an RMLoRATraining; remove() it "
+                               "first")
+        opt = _innermost(optimizer)
+        in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
+        absent = [f"{name}.{attr}" for name, layer in layers for attr in ("lora_A", "lora_B")
+                  if id(getattr(layer, attr)) not in in_opt]
+        if absent:
+            raise ValueError(f"rmlora: {len(absent)} RM-LoRA parameters are not in the optimizer, e.g. {absent[0]!r}")
+        self.layers = layers
+        self.optimizer = opt
+        self.masker = RandomMasker(model, generator)
+        for _, layer in layers:
+            layer.trainer = self
+        self._handles = [opt.register_step_pre_hook(self._before_step),
+                         opt.register_step_post_hook(self._after_step)]
+
+    @torch.no_grad()
+    def add_regularizer_gradient(self) -> None:
+        """Add ``gamma_l * dR/dtheta`` to the gradients of every RM-LoRA A and B (called by ``optimizer.step()``)."""
+        n = 2 * len(self.layers)
+        for _, layer in self.layers:
+            gamma = layer.config.gamma
+            if not gamma:
+                continue
+            with torch.enable_grad():
+                a, b = layer.lora_A, layer.lora_B
+                eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+                r = torch.linalg.matrix_norm(a @ a.T - eye) + torch.linalg.matrix_norm(b.T @ b - eye)
+                ga, gb = torch.autograd.grad(r * (gamma / n), (a, b))
+            for p, g in ((a, ga), (b, gb)):
+                p.grad = g if p.grad is None else p.grad.add_(g)
+
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        self.add_regularizer_gradient()
+        self.masker.apply()
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self.masker.after_step()
+
+    def remove(self) -> None:
+        """Detach the hooks; the layers go back to plain LoRA training."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for _, layer in self.layers:
+            if layer.trainer is self or layer.trainer is self.masker:
+                layer.trainer = None

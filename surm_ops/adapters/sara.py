@@ -219,7 +219,7 @@ def thresholds_for_budget(weights: dict[str, torch.Tensor], budget: int, params_
 
 def _singular_triplets(layer: AdaptedLinear, config: SARAConfig | MoSARAConfig):
     """``(U_k, V_k)`` of the layer's frozen weight, shapes (d_out, k) and (d_in, k), in the adapter dtype."""
-    w, name = layer.base.weight, layer.layer_name
+    w, name = layer.base_weight(), layer.layer_name
     m = min(w.shape)
     if config.rank is not None:
         if config.rank > m:
@@ -253,8 +253,9 @@ class SARALinear(AdaptedLinear):
     method = "sara"
     config_class = SARAConfig
 
-    def __init__(self, base: nn.Linear, config: SARAConfig, name: str = "") -> None:
-        super().__init__(base, config, name)
+    def __init__(self, base: nn.Module, config: SARAConfig, name: str = "", *,
+                 fan_in_fan_out: bool | None = None) -> None:
+        super().__init__(base, config, name, fan_in_fan_out=fan_in_fan_out)
         u, v = _singular_triplets(self, config)
         self.rank = u.shape[1]
         self.sara_P = nn.Parameter(u)
@@ -288,8 +289,9 @@ class MoSARALinear(AdaptedLinear):
     config_class = MoSARAConfig
     mergeable = False
 
-    def __init__(self, base: nn.Linear, config: MoSARAConfig, name: str = "") -> None:
-        super().__init__(base, config, name)
+    def __init__(self, base: nn.Module, config: MoSARAConfig, name: str = "", *,
+                 fan_in_fan_out: bool | None = None) -> None:
+        super().__init__(base, config, name, fan_in_fan_out=fan_in_fan_out)
         u, v = _singular_triplets(self, config)
         self.rank = k = u.shape[1]
         self.register_buffer("mosara_U", u)

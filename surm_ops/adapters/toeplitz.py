@@ -29,8 +29,9 @@ class ToeplitzLinear(AdaptedLinear):
     method = "toeplitz"
     config_class = ToeplitzConfig
 
-    def __init__(self, base: nn.Linear, config: ToeplitzConfig, name: str = "") -> None:
-        super().__init__(base, config, name)
+    def __init__(self, base: nn.Module, config: ToeplitzConfig, name: str = "", *,
+                 fan_in_fan_out: bool | None = None) -> None:
+        super().__init__(base, config, name, fan_in_fan_out=fan_in_fan_out)
         kw = dict(dtype=self.param_dtype(), device=base.weight.device)
         if config.symmetric:
             n = max(self.in_features, self.out_features)

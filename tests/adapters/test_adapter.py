@@ -111,15 +111,33 @@ def test_wraps_any_module_with_a_tensor_output():
         wrong(torch.randn(2, 4))
 
 
-def test_a_non_tensor_output_is_a_clear_error():
+def test_a_tuple_output_is_adapted_on_its_first_element_and_other_outputs_are_a_clear_error():
     class Pair(nn.Module):
         out_features = 4
 
         def forward(self, x):
-            return x, x
+            return x, x.sum()
 
-    with pytest.raises(TypeError, match="'attn' returned tuple"):
-        SURMAdapter(Pair(), AdapterConfig(), name="attn")(torch.randn(2, 4))
+    torch.manual_seed(0)
+    layer = SURMAdapter(Pair(), AdapterConfig(), name="attn")
+    with torch.no_grad():
+        layer.b.normal_()
+    x = torch.randn(2, 4)
+    h, extra = layer(x)
+    torch.testing.assert_close(h, x + torch.nn.functional.gelu(x @ layer.matrix().T) + layer.adapter_bias)
+    assert torch.equal(extra, x.sum())
+    mha = SURMAdapter(nn.MultiheadAttention(8, 2, batch_first=True), AdapterConfig(), name="mha")
+    out, weights = mha(torch.randn(1, 3, 8), torch.randn(1, 3, 8), torch.randn(1, 3, 8))
+    assert out.shape == (1, 3, 8) and weights.shape == (1, 3, 3)
+
+    class Dict(nn.Module):
+        out_features = 4
+
+        def forward(self, x):
+            return {"h": x}
+
+    with pytest.raises(TypeError, match="'attn' returned dict"):
+        SURMAdapter(Dict(), AdapterConfig(), name="attn")(torch.randn(2, 4))
 
 
 def test_attributes_resolve_on_the_wrapped_module():

@@ -10,7 +10,8 @@ import torch
 
 import surm_ops
 from surm_ops.ops.structured_linear import fusable
-from tests.adapters.test_layers import _layer, _perturb
+from tests.adapters.test_layers import _adapter_params, _layer, _perturb
+from tests.ops.checks import rel_err
 from tests.triton_mode import skip_unless_interpreted
 
 FUSED = [("circulant", {}), ("circulant", {"factored": True}), ("circulant", {"layout": "block", "block_size": 8}),
@@ -67,6 +68,70 @@ def test_fuse_false_keeps_the_unfused_path(monkeypatch):
     monkeypatch.setattr(surm_ops, "structured_linear", lambda *a, **k: calls.append(a) or None)
     assert layer(torch.randn(3, 16)).shape == (3, 16)
     assert not calls
+
+
+def _shrink(layer, size):
+    """Scale the adapter's parameters so its update's entries are about ``size`` (young adapters live at 1e-5 to
+    1e-3); the update's degree in its parameters (1 for circulant, 2 for factored or Kronecker) is measured."""
+    params = _adapter_params(layer)
+    before = layer.delta_weight().abs().mean().item()
+    with torch.no_grad():
+        for p in params:
+            p.mul_(0.5)
+        degree = round(torch.log2(torch.tensor(before / layer.delta_weight().abs().mean().item())).item())
+        for p in params:
+            p.mul_((size / (before * 0.5 ** degree)) ** (1 / degree))
+
+
+def check_young_adapter_contribution(method, options, dtype, device, n_tok, d_in, d_out, size=1e-4):
+    """A half layer whose base output cancels exactly (W = [[V, V], [V, V]], x = [a, -a], grad = [b, -b]) returns
+    the update's contribution alone: against a float64 CPU oracle (a float64 copy of the layer, unfused), y,
+    grad x and the parameter gradients. A kernel that adds M to W before rounding to half loses it entirely."""
+    import copy
+
+    layer = _layer(method, options, d_in, d_out, dtype=dtype)
+    _perturb(layer)
+    _shrink(layer, size)
+    gen = torch.Generator().manual_seed(4)
+    v = (torch.rand(d_out // 2, d_in // 2, generator=gen, dtype=torch.float64) * 2 - 1) / d_in ** 0.5
+    a = torch.randn(n_tok, d_in // 2, generator=gen, dtype=torch.float64)
+    b = torch.randn(n_tok, d_out // 2, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        layer.base.weight.copy_(torch.cat([torch.cat([v, v], 1)] * 2, 0))
+        layer.base.bias.zero_()
+    x64, g64 = torch.cat([a, -a], 1).to(dtype).double(), torch.cat([b, -b], 1).to(dtype).double()
+    oracle = copy.deepcopy(layer).double()
+    oracle.fuse = False
+    want_y = oracle(x64.requires_grad_())
+    want = torch.autograd.grad(want_y, [x64, *_adapter_params(oracle)], g64)
+    layer = layer.to(device)
+    x = x64.detach().to(dtype).to(device).requires_grad_()
+    assert fusable(x)
+    y = layer(x)
+    got = torch.autograd.grad(y, [x, *_adapter_params(layer)], g64.to(dtype).to(device))
+    tol = {torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]  # output rounding + the update's own half rounding
+    assert rel_err(y.cpu(), want_y) <= tol, "the update's contribution to y is lost"
+    assert rel_err(got[0].cpu(), want[0]) <= tol, "the update's contribution to grad x is lost"
+    for g, w in zip(got[1:], want[1:]):  # float32 sums of exact products of half values
+        assert rel_err(g.cpu(), w) <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("method,options", FUSED, ids=[c.id.rsplit("-", 1)[0] for c in CASES[::len(SHAPES)]])
+def test_young_adapter_contribution_survives(method, options, dtype, monkeypatch):
+    skip_unless_interpreted("triton")
+    monkeypatch.setenv("SURM_BACKEND", "triton")
+    check_young_adapter_contribution(method, options, dtype, "cpu", n_tok=40, d_in=48, d_out=80)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("method,options", FUSED, ids=[c.id.rsplit("-", 1)[0] for c in CASES[::len(SHAPES)]])
+def test_young_adapter_contribution_on_gpu(method, options, dtype, monkeypatch):
+    monkeypatch.delenv("SURM_BACKEND", raising=False)
+    options = {**options, "block_size": 64} if "block_size" in options else options
+    check_young_adapter_contribution(method, options, dtype, "cuda", n_tok=4096, d_in=768, d_out=1024)
 
 
 @pytest.mark.gpu

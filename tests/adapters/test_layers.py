@@ -138,5 +138,9 @@ def test_invalid_config_raises(method, options, pattern):
 
 
 def test_adapting_a_non_linear_layer_raises():
-    with pytest.raises(TypeError, match="can only adapt nn.Linear layers; conv is Conv1d"):
+    with pytest.raises(TypeError, match=r"can only adapt nn.Linear layers \(or transformers Conv1D.*; conv is Conv1d"):
         METHODS["lora"](nn.Conv1d(2, 2, 1), METHODS["lora"].config_class(), name="conv")
+    with pytest.raises(TypeError, match=r"conv \(Conv1d\) has no 2-D weight"):
+        METHODS["lora"](nn.Conv1d(2, 2, 1), METHODS["lora"].config_class(), name="conv", fan_in_fan_out=True)
+    with pytest.raises(ValueError, match="is an nn.Linear.*fan_in_fan_out=True is only"):
+        METHODS["lora"](nn.Linear(2, 2), METHODS["lora"].config_class(), fan_in_fan_out=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -208,3 +209,72 @@ def test_update_mask_needs_after_step_between_applies():
         masker.apply()
     with pytest.raises(RuntimeError, match="before after_step"):
         masker.apply()
+
+
+# ------------------------------------------------------------------------------------- RMLoRATraining (plain loop)
+
+
+def _step_inputs(seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(10, 24, generator=g), torch.randn(10, 8, generator=g)
+
+
+@pytest.mark.parametrize("mask", ["gradient", "update"])
+def test_training_hooks_equal_the_hand_wired_loop(mask):
+    """RMLoRATraining on the optimizer == regularized_loss + RandomMasker by hand (no clipping: same order)."""
+    hooked, manual = _model(mask=mask, gamma=0.5, random_rank=3), _model(mask=mask, gamma=0.5, random_rank=3)
+    opt_h = torch.optim.AdamW(hooked.parameters(), lr=0.05)
+    opt_m = torch.optim.AdamW(manual.parameters(), lr=0.05)
+    from surm_ops.adapters.rmlora import RMLoRATraining
+
+    RMLoRATraining(hooked, opt_h, generator=torch.Generator().manual_seed(7))  # kept alive by the optimizer
+    masker = RandomMasker(manual, generator=torch.Generator().manual_seed(7))
+    for step in range(4):
+        x, t = _step_inputs(step)
+        nn.functional.mse_loss(hooked(x), t).backward()  # the plain loop: task loss only
+        opt_h.step()
+        opt_h.zero_grad()
+        regularized_loss(nn.functional.mse_loss(manual(x), t), manual).backward()
+        masker.apply()
+        opt_m.step()
+        masker.after_step()
+        opt_m.zero_grad()
+    for (name, a), (_, b) in zip(_layers(hooked), _layers(manual)):
+        torch.testing.assert_close(a.lora_A, b.lora_A, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(a.lora_B, b.lora_B, rtol=1e-5, atol=1e-6, msg=name)
+    plain = _model(mask=mask, gamma=0.5, random_rank=3)  # and it is not plain LoRA
+    opt_p = torch.optim.AdamW(plain.parameters(), lr=0.05)
+    for step in range(4):
+        x, t = _step_inputs(step)
+        nn.functional.mse_loss(plain(x), t).backward()
+        opt_p.step()
+        opt_p.zero_grad()
+    assert not torch.allclose(_layers(plain)[0][1].lora_A, _layers(hooked)[0][1].lora_A, atol=1e-4)
+
+
+def test_training_without_the_hooks_warns_that_it_is_plain_lora():
+    model = _model()
+    with pytest.warns(UserWarning, match="'layer' is training without RMLoRATraining.*plain LoRA"):
+        _backward(model, 0)
+    attached = _model()
+    from surm_ops.adapters.rmlora import RMLoRATraining
+
+    rm = RMLoRATraining(attached, torch.optim.SGD(attached.parameters(), lr=0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _backward(attached, 0)
+    rm.remove()
+    assert all(layer.trainer is None for _, layer in _layers(attached))
+
+
+def test_training_hooks_refuse_a_double_regulariser_and_a_partial_optimizer():
+    from surm_ops.adapters.rmlora import RMLoRATraining
+
+    model = _model()
+    with pytest.raises(ValueError, match=r"4 RM-LoRA parameters are not in the optimizer, e.g. '2.lora_A'"):
+        RMLoRATraining(model, torch.optim.SGD(model[0].parameters(), lr=0.1))
+    RMLoRATraining(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match="already adds the regulariser"):
+        regularized_loss(torch.tensor(0.0), model)
+    with pytest.raises(RuntimeError, match="already attached"):
+        RMLoRATraining(model, torch.optim.SGD(model.parameters(), lr=0.1))

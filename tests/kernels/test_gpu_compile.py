@@ -1,8 +1,9 @@
-"""Every Triton kernel variant compiled ahead of time for sm_90 and sm_80, without a GPU.
+"""Every Triton kernel launch the launchers make, compiled ahead of time for the GPU, without a GPU.
 
-The interpreter accepts programs the GPU compiler rejects (tl.dot shapes, dtype mixes, shared-memory overflow), so
-each variant the launchers can produce is lowered to SASS by ptxas (tests/kernels/aot.py, in two subprocesses: the
-suite's TRITON_INTERPRET=1 turns @triton.jit into uncompilable interpreted functions).
+The interpreter accepts programs the GPU compiler rejects (tl.dot shapes, dtype mixes, shared memory beyond the
+architecture's limit, register spills), so tests/kernels/aot.py records each launch as a launcher specialises it
+and lowers it to SASS with ptxas. It runs in two subprocesses (two cores): the suite's TRITON_INTERPRET=1 turns
+@triton.jit into interpreted functions that cannot be compiled.
 """
 
 from __future__ import annotations
@@ -15,27 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernels.aot import variants
-
 pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = sorted(variants())
 
 
-@pytest.fixture(scope="module")
-def compiled() -> dict[str, str]:
+def test_every_launch_compiles_for_gpu():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    halves = [VARIANTS[0::2], VARIANTS[1::2]]  # two cores: two compilers
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.kernels.aot", *ids], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for ids in halves]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.kernels.aot", "--shard", f"{i}/2"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     results = {}
     for proc in procs:
-        out, err = proc.communicate(timeout=900)
+        out, err = proc.communicate(timeout=1200)
         assert proc.returncode == 0, err[-4000:]
         results.update(json.loads(out.strip().splitlines()[-1]))
-    return results
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_compiles_for_gpu(variant, compiled):
-    assert compiled[variant] == "ok", compiled[variant]
+    # An empty or partial recording would pass vacuously: every kernel, both architectures, many specialisations.
+    for kernel in ("structured_mm", "diag_corr", "svd"):
+        for arch in ("sm_80", "sm_90"):
+            assert sum(v.startswith(kernel + "-") and v.endswith(arch) for v in results) >= 10, (kernel, arch)
+    failed = {v: r for v, r in results.items() if r != "ok"}
+    assert not failed, "\n".join(f"{v}: {r[:600]}" for v, r in sorted(failed.items()))

@@ -61,3 +61,32 @@ def test_skip_rules_are_consulted_before_reasons(monkeypatch):
     monkeypatch.setattr(dispatch, "reasons", lambda op, name, x, params: asked.append(name) or [])
     assert dispatch.choose_auto("circulant_matmul", torch.randn(2, 64), [torch.randn(64)]) == "triton"
     assert "cuda" not in asked
+
+
+CUDA_GRID_LIMIT = (2**31 - 1, 65535, 65535)
+
+
+@pytest.mark.parametrize("tokens, features", [(16, 2**22), (2**21, 1024)], ids=["4M-features", "2M-tokens"])
+def test_grids_stay_within_cuda_limits_at_large_sizes(monkeypatch, tokens, features):
+    """Launch geometry at sizes no CPU test can compute: meta tensors through the real launchers, kernels replaced
+    by recorders. A grid axis beyond CUDA's limits fails the launch on a GPU (structured_mm once put output blocks
+    on axis 1: 65,535 blocks of 32 is 2.1 M features)."""
+    from surm_ops.kernels import _structured, circulant, svd
+
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: grids.append(tuple(grid))
+
+    for name in ("structured_mm_kernel", "diag_corr_kernel"):
+        monkeypatch.setattr(_structured, name, Recorder())
+    monkeypatch.setattr(svd, "svd_kernel", Recorder())
+    x, c = torch.empty(tokens, features, device="meta"), torch.empty(features, device="meta")
+    circulant.backward(circulant.forward(x, c), x, c, [True, True])
+    u, s, v = (torch.empty(features, 16, device="meta"), torch.empty(16, device="meta"),
+               torch.empty(features, 16, device="meta"))
+    svd.backward(svd.forward(x, u, s, v), x, u, s, v, [True] * 4)
+    assert len(grids) == 5
+    for grid in grids:
+        assert all(g <= lim for g, lim in zip(grid, CUDA_GRID_LIMIT)), grid

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import surm_ops
+from surm_ops.kernels._structured import cast
 from tests import oracle
 from tests.ops.checks import rel_err
 from tests.triton_mode import INTERPRETED
@@ -130,3 +133,23 @@ def test_float16_young_adapter_not_subnormal(size):
 def test_small_update_on_gpu(structure, dtype, size):
     check_small_update_survives(structure, dtype, "cuda", n_tok=4096, n_out=1032, n_in=768, size=size)
     check_update_contribution(structure, dtype, "cuda", n_tok=4096, n_out=1032, n_in=768, size=size)
+
+
+@triton.jit
+def _convert(x_ptr, y_ptr, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(y_ptr + offs, cast(tl.load(x_ptr + offs), y_ptr.dtype.element_ty, True))
+
+
+@needs_interpreter
+def test_emulated_bfloat16_rounds_like_a_gpu():
+    """The interpreter truncates float32 to bfloat16; a GPU rounds to nearest even. The kernels' conversions
+    (operands under emulation, half outputs) go through ``cast``, which must round as the GPU does: ties to even,
+    values just above a tie up, negative values symmetrically, across the exponent range."""
+    gen = torch.Generator().manual_seed(5)
+    ties = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-8 + 2**-20, 2**-100 * (1 + 2**-8)])
+    x = torch.cat([torch.randn(4096, generator=gen) * torch.logspace(-30, 30, 4096), ties, -ties])
+    x = torch.nn.functional.pad(x, (0, 8192 - x.numel()), value=1.5)
+    y = torch.empty_like(x, dtype=torch.bfloat16)
+    _convert[(1,)](x, y, N=8192)
+    assert torch.equal(y, x.to(torch.bfloat16))

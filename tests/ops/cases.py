@@ -77,8 +77,30 @@ LARGE = [
 ]
 
 
+# Sizes that reach every tile, block and loop trip of the Triton kernels at training shapes: 161 = 10 * 16 + 1
+# features (masked edges), 40 and 300 tokens (decode tiles are <= 16 tokens; training tiles are 64 tokens, 300 gives
+# five token blocks and diag_corr's gradient several 32-token slices), svd at 768 -> 1024 (24 K steps, 16 output
+# steps) and ranks 16 and 64, Kronecker (32 x 32) x (24 x 24).
+TILE_TOKENS = (40, 300)
+
+
+def tiled(tokens: int) -> list[Case]:
+    """Training-size cases for ``tokens`` tokens (per-token s needs the count)."""
+    return [
+        Case("circulant_matmul", "circulant-n161", ((161,),), 161),
+        Case("skew_circulant_matmul", "skew-n161", ((161,),), 161),
+        Case("circulant_matmul", "block-2x3x48", ((2, 3, 48),), 144),
+        Case("toeplitz_matmul", "toeplitz-161x97", ((161,), (97,)), 97),
+        Case("ldr_matmul", "ldr-r2-n161", ((2, 161), (2, 161)), 161),
+        Case("kronecker_matmul", "kron-32x32-24x24", ((32, 32), (24, 24)), 768),
+        Case("svd_matmul", "svd-768x1024-k16", ((1024, 16), (16,), (768, 16)), 768),
+        Case("svd_matmul", "svd-768x1024-k64", ((1024, 64), (64,), (768, 64)), 768),
+        Case("svd_matmul", "svd-768x1024-k16-per-token", ((1024, 16), (tokens, 16), (768, 16)), 768),
+    ]
+
+
 def per_token(case: Case) -> bool:
-    return case.label == "svd-per-token"
+    return case.label.startswith("svd") and case.label.endswith("per-token")
 
 
 def ids(cases):

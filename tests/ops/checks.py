@@ -37,4 +37,13 @@ def half_baseline(case, x, params, grad):
     else:
         y_low = (m @ x.unsqueeze(-1)).squeeze(-1)
         gx_low = (grad.unsqueeze(-2) @ m).squeeze(-2)
-    return rel_err(y_low, y_ref), rel_err(gx_low, gx_ref)
+    base = [rel_err(y_low, y_ref), rel_err(gx_low, gx_ref)]
+    if case.op == "svd_matmul":
+        # A rank-k update is computed factorised, as LoRA's two half GEMMs are: u, v and (x v) s each rounded to
+        # half. That is the peer's error, and it can exceed the merged matrix's single rounding.
+        u, s, v = (p.detach().double() for p in params)
+        dt = x.dtype
+        y_f = (((x @ v.to(dt)).double() * s).to(dt) @ u.to(dt).T)
+        gx_f = (((grad @ u.to(dt)).double() * s).to(dt) @ v.to(dt).T)
+        base = [max(base[0], rel_err(y_f, y_ref)), max(base[1], rel_err(gx_f, gx_ref))]
+    return base[0], base[1]

@@ -189,3 +189,29 @@ def test_auto_priority_on_gpu_honours_skip_rules(monkeypatch):
         None, None, skip_auto=lambda x, c: "small" if x.shape[-1] < 2048 else None))
     assert dispatch.choose_auto("circulant_matmul", x, [torch.randn(4096)]) == "cuda"
     assert dispatch.choose_auto("circulant_matmul", torch.randn(2, 768), [torch.randn(768)]) == "triton"
+
+
+@pytest.mark.parametrize("capability, refused", [((7, 5), True), ((8, 0), False), ((9, 0), False)])
+def test_gpu_backends_refuse_gpus_older_than_ampere(monkeypatch, capability, refused):
+    """Before any kernel or extension is touched, cuda and triton name the device's compute capability when it is
+    below 8.0; fft and dense are untouched. (Run on CPU with a stand-in for a CUDA tensor.)"""
+    from types import SimpleNamespace
+
+    from surm_ops import _extension
+
+    dispatch._capability.cache_clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    loads = []
+    monkeypatch.setattr(_extension, "status", lambda: loads.append(1) or (True, "loaded"))
+    x = SimpleNamespace(device=torch.device("cuda", 0))
+    monkeypatch.setitem(dispatch._IMPLS, "probe", {b: dispatch.Impl(None, None) for b in dispatch.BACKENDS})
+    try:
+        for backend in ("cuda", "triton"):
+            why = dispatch.reasons("probe", backend, x, [])
+            old = [w for w in why if "compute capability 8.0" in w]
+            assert bool(old) == refused, why
+            if refused:
+                assert f"sm_{capability[0]}{capability[1]}" in old[0] and "cuda:0" in old[0]
+        assert (loads == []) == refused  # an sm_75 device never loads (or JIT-builds) the extension
+    finally:
+        dispatch._capability.cache_clear()

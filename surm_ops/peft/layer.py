@@ -6,10 +6,9 @@ surm_ops layer (an :class:`~surm_ops.adapters.AdaptedLinear`, or for ``"adapter"
 layers': the forward adds ``layer.delta(x)`` (or applies the adapter form to the output), merging calls
 ``layer.merge()`` (which keeps the original weight, so unmerging restores it bit for bit).
 
-The surm_ops layer sees the frozen weight through a reference that is not a registered submodule, so the frozen
-weight is stored once (under ``base_layer``) and PEFT saves only adapter tensors. ``Conv1D``-style targets (weight
-stored (in, out), ``fan_in_fan_out``) are seen through :class:`_TransposedLinear`, a view whose ``weight`` is the
-transpose of the stored one: merging writes through it into the stored weight.
+The surm_ops layer holds the target through a reference that is not a registered submodule, so the frozen weight
+is stored once (under ``base_layer``) and PEFT saves only adapter tensors. ``Conv1D`` targets (weight stored
+(in, out), ``fan_in_fan_out``) are the surm_ops layers' own business (they merge dW transposed).
 """
 
 from __future__ import annotations
@@ -21,42 +20,14 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
 from surm_ops.adapters.adapter import ADAPTER_METHOD, SURMAdapter
+from surm_ops.adapters.base import is_conv1d, linear_dims
 from surm_ops.adapters.registry import method_class
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None \
-        and module.weight.ndim == 2
-
-
-class _TransposedLinear(nn.Linear):
-    """An ``nn.Linear`` face for a module storing its weight as (in_features, out_features) (``Conv1D``).
-
-    ``weight`` is the live transpose of the stored weight, read on every access, so device moves and in-place
-    merges stay in step with the stored tensor."""
-
-    def __init__(self, module: nn.Module) -> None:
-        nn.Module.__init__(self)
-        object.__setattr__(self, "_stored", module)  # not a submodule: its parameters stay where they are
-        self.in_features, self.out_features = module.weight.shape
-
-    @property
-    def weight(self) -> torch.Tensor:  # type: ignore[override]
-        return self._stored.weight.T
-
-    @property
-    def bias(self) -> torch.Tensor | None:  # type: ignore[override]
-        return getattr(self._stored, "bias", None)
-
-
-def _linear_face(base: nn.Module, fan_in_fan_out: bool, name: str) -> nn.Linear:
-    if isinstance(base, nn.Linear) and not fan_in_fan_out:
-        return base
-    if _is_conv1d(base) or (fan_in_fan_out and getattr(base, "weight", None) is not None and base.weight.ndim == 2):
-        base.weight.requires_grad_(False)  # frozen before its transpose is taken (a leaf view)
-        return _TransposedLinear(base)
-    raise TypeError(f"surm_ops.peft: {name!r} is {type(base).__name__}; these methods adapt nn.Linear and "
-                    "Conv1D-style layers (the 'adapter' method wraps any module)")
+def weight_out_in(module: nn.Module, fan_in_fan_out: bool, name: str) -> torch.Tensor:
+    """The frozen weight of a target as (out_features, in_features) (a transposed view for ``Conv1D``)."""
+    _, _, transposed = linear_dims(module, fan_in_fan_out or None, name)
+    return module.weight.T if transposed else module.weight
 
 
 def build_layer(method: str, base: nn.Module, options: Any, name: str, fan_in_fan_out: bool = False,
@@ -67,9 +38,9 @@ def build_layer(method: str, base: nn.Module, options: Any, name: str, fan_in_fa
         layer.module = nn.Identity()  # applied to base's output below: base itself is not held twice
         return layer
     kwargs = {"maps": maps} if maps is not None else {}
-    layer = method_class(method)(_linear_face(base, fan_in_fan_out, name), options, name, **kwargs)
-    face = layer._modules.pop("base")
-    object.__setattr__(layer, "base", face)
+    # fan_in_fan_out None lets the layer infer it (Conv1D: True); True on an nn.Linear is its ValueError
+    layer = method_class(method)(base, options, name, fan_in_fan_out=fan_in_fan_out or None, **kwargs)
+    object.__setattr__(layer, "base", layer._modules.pop("base"))  # held, not registered: saved once, as base_layer
     return layer
 
 
@@ -96,7 +67,7 @@ class SurmLayer(nn.Module, BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters = []
         self._active_adapter = adapter_name
-        self.fan_in_fan_out = fan_in_fan_out or _is_conv1d(base_layer)
+        self.fan_in_fan_out = fan_in_fan_out or is_conv1d(base_layer)
         if isinstance(base_layer, nn.Linear):
             self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
         self.update_layer(adapter_name, options, name, maps, inference_mode)
@@ -128,7 +99,8 @@ class SurmLayer(nn.Module, BaseTunerLayer):
                 continue
             layer = self.surm_layers[adapter]
             if safe_merge:
-                merged = layer.base.weight.detach() + self.get_delta_weight(adapter).to(layer.base.weight.dtype)
+                w = layer.base_weight()
+                merged = w.detach() + self.get_delta_weight(adapter).to(w.dtype)
                 if not torch.isfinite(merged).all():
                     raise ValueError(f"NaNs detected in the merged weights. The adapter {adapter} seems to be broken")
             layer.merge()  # raises RuntimeError for the non-mergeable methods, before changing anything

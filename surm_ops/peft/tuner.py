@@ -25,7 +25,7 @@ from surm_ops.adapters.condlora import CondLoRAMaps, condlora_group_key
 from surm_ops.adapters.registry import METHODS
 from surm_ops.adapters.sara import MoSARAConfig, SARAConfig, ranks_for_budget
 from surm_ops.peft.configs import CONFIGS, peft_type_name, surm_options
-from surm_ops.peft.layer import SurmLayer, _linear_face
+from surm_ops.peft.layer import SurmLayer, weight_out_in
 
 
 def _mergeable(method: str) -> bool:
@@ -59,7 +59,7 @@ class SurmTuner(BaseTuner):
             for key, m in model.named_modules():
                 if key and self._check_target_module_exists(config, key):
                     base = m.get_base_layer() if isinstance(m, SurmLayer) else m
-                    weights[key] = _linear_face(base, config.fan_in_fan_out, key).weight
+                    weights[key] = weight_out_in(base, config.fan_in_fan_out, key)
             if not weights:
                 raise ValueError(f"{self.method}: no module matched target_modules={config.target_modules!r}")
             _, self._sara_ranks[adapter_name] = ranks_for_budget(

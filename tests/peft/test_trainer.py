@@ -9,6 +9,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model  # noqa: E402
 
+import surm_ops  # noqa: E402
 import surm_ops.peft as sp  # noqa: E402
 from tests.peft._toy import perturb  # noqa: E402
 
@@ -94,3 +95,24 @@ def test_trained_adapter_loads_through_peft_and_transformers(tmp_path):
     base = tiny_llama().eval()
     base.load_adapter(str(tmp_path / "adapter"))
     torch.testing.assert_close(base(ids).logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_rmlora_callback_masks_peft_layers_in_the_trainer(tmp_path):
+    """surm_ops.RMLoRACallback finds the RM-LoRA layers inside a PEFT model: with mask="update", each step after the
+    first moves exactly random_rank of the r rows of every A."""
+    model = peft_llama("rmlora", r=4, random_rank=1, mask="update")
+    layers = [m for m in model.modules() if type(m).__name__ == "RMLoRALinear"]
+    assert len(layers) == 4
+    snapshots = []
+
+    class Spy(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            snapshots.append([layer.lora_A.detach().clone() for layer in layers])
+
+    t = trainer(model, tmp_path, max_steps=3)
+    t.add_callback(surm_ops.RMLoRACallback(torch.Generator().manual_seed(0)))
+    t.add_callback(Spy())
+    t.train()
+    for before, after in zip(snapshots, snapshots[1:]):
+        for a0, a1 in zip(before, after):
+            assert (a0 != a1).any(1).sum().item() == 1

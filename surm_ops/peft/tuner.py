@@ -5,7 +5,8 @@ prefix ``surm_<method>_``. Model-level rules live here, once:
 
 * SARA / Mo-SARA with ``budget``: one global threshold over all targets, resolved before each adapter's injection
   (:func:`surm_ops.adapters.sara.ranks_for_budget`), each layer then built with its rank;
-* CondLoRA: one :class:`~surm_ops.adapters.CondLoRAMaps` per module type (last name component) per adapter, owned
+* CondLoRA: one :class:`~surm_ops.adapters.CondLoRAMaps` per module type (last name component, split by shape as
+  ``surm_ops.inject`` does) per adapter, owned
   (registered) by the type's first layer and referred to by the others, so PEFT saves, loads, moves and trains it
   once, with or without a ``PeftModel`` around (``peft.inject_adapter_in_model`` drops the tuner);
 * merging a method whose update depends on the input (Mo-SARA, the adapter form) raises before any layer changes.
@@ -21,6 +22,7 @@ from peft.utils import register_peft_method
 from torch import nn
 
 from surm_ops.adapters.adapter import ADAPTER_METHOD
+from surm_ops.adapters.base import linear_dims
 from surm_ops.adapters.condlora import CondLoRAMaps, condlora_group_key
 from surm_ops.adapters.registry import METHODS
 from surm_ops.adapters.sara import MoSARAConfig, SARAConfig, ranks_for_budget
@@ -40,7 +42,7 @@ class SurmTuner(BaseTuner):
 
     def __init__(self, model, peft_config, adapter_name, **kwargs) -> None:
         self._sara_ranks: dict[str, dict[str, int]] = {}
-        self._condlora_maps: dict[str, dict[str, CondLoRAMaps]] = {}
+        self._condlora_maps: dict[str, dict[tuple[str, int, int], CondLoRAMaps]] = {}
         super().__init__(model, peft_config, adapter_name, **kwargs)
 
     def _prepare_adapter_config(self, peft_config, model_config):
@@ -67,19 +69,28 @@ class SurmTuner(BaseTuner):
                 randomized=options.randomized)
         super().inject_adapter(model, adapter_name, *args, **kwargs)
 
-    def _shared_maps(self, adapter_name: str, key: str) -> CondLoRAMaps | None:
+    def _maps_key(self, target: nn.Module, key: str, fan_in_fan_out: bool) -> tuple[str, int, int]:
+        # surm_ops.inject's rule: one map per last name component, split by shape where layers of one name differ
+        # (GPT-2's attn.c_proj 32 -> 32, mlp.c_proj 128 -> 32). Keying by (name, shape) is the same grouping.
+        base = target.get_base_layer() if isinstance(target, SurmLayer) else target
+        d_in, d_out, _ = linear_dims(base, fan_in_fan_out or None, key, "condlora")
+        return condlora_group_key(key), d_in, d_out
+
+    def _shared_maps(self, adapter_name: str, group: tuple[str, int, int] | None) -> CondLoRAMaps | None:
         """CondLoRA: the maps already made for this module type and adapter (None for the type's first layer, which
         creates them and owns them as its submodule; the type's other layers only refer to them)."""
-        if self.method != "condlora":
+        if group is None:
             return None
-        return self._condlora_maps.setdefault(adapter_name, {}).get(condlora_group_key(key))
+        return self._condlora_maps.setdefault(adapter_name, {}).get(group)
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key,
                             **optional_kwargs) -> None:
         options = surm_options(peft_config)
         if adapter_name in self._sara_ranks:
             options = dataclasses.replace(options, rank=self._sara_ranks[adapter_name][current_key])
-        maps = self._shared_maps(adapter_name, current_key)
+        group = (self._maps_key(target, current_key, peft_config.fan_in_fan_out) if self.method == "condlora"
+                 else None)
+        maps = self._shared_maps(adapter_name, group)
         if isinstance(target, SurmLayer):
             target.update_layer(adapter_name, options, current_key, maps, peft_config.inference_mode)
             layer = target
@@ -90,9 +101,8 @@ class SurmTuner(BaseTuner):
             if adapter_name != self.active_adapter:
                 layer.requires_grad_(False)  # an added adapter is not trainable until set_adapter
             self._replace_module(parent, target_name, layer, target)
-        if self.method == "condlora" and maps is None:
-            self._condlora_maps[adapter_name][condlora_group_key(current_key)] = \
-                layer.surm_layers[adapter_name].cond_maps
+        if group is not None and maps is None:
+            self._condlora_maps[adapter_name][group] = layer.surm_layers[adapter_name].cond_maps
 
     def _check_merge_allowed(self) -> None:
         super()._check_merge_allowed()

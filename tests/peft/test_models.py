@@ -14,7 +14,7 @@ from peft import PeftConfig, PeftModel, get_peft_model  # noqa: E402
 
 import surm_ops.peft as sp  # noqa: E402
 from surm_ops.adapters import CirculantConfig as SurmCirculantOptions  # noqa: E402
-from surm_ops.adapters import RandomMasker, orthogonality_loss  # noqa: E402
+from surm_ops.adapters import CondLoRAMaps, RandomMasker, orthogonality_loss  # noqa: E402
 from surm_ops.peft.layer import SurmLayer  # noqa: E402
 from tests.peft._toy import perturb, toy  # noqa: E402
 
@@ -29,12 +29,16 @@ def tiny_gpt2(seed=0):
 
 @pytest.mark.parametrize("method,options", [("circulant", {}), ("condlora", {"r": 2}), ("sara", {"rank": 2})])
 def test_conv1d_targets(method, options, tmp_path):
-    """GPT-2's c_attn (32 -> 96) and attn.c_proj are Conv1D (weight stored (in, out)): adapted, merged, reloaded.
-    (mlp.c_proj is left out: CondLoRA shares one map per last name component, and it is 128 -> 32.)"""
+    """GPT-2's c_attn (32 -> 96), attn.c_proj (32 -> 32) and mlp.c_proj (128 -> 32) are Conv1D (weight stored
+    (in, out)): adapted, merged, reloaded. CondLoRA: one map for c_attn, one per c_proj shape."""
     ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
-    model = get_peft_model(tiny_gpt2(), sp.config(method, target_modules=["c_attn", "attn.c_proj"], **options)).eval()
+    model = get_peft_model(tiny_gpt2(), sp.config(method, target_modules=["c_attn", "c_proj"], **options)).eval()
     layer = model.base_model.model.transformer.h[0].attn.c_attn
     assert isinstance(layer, SurmLayer) and layer.fan_in_fan_out
+    assert len([m for m in model.modules() if isinstance(m, SurmLayer)]) == 6
+    if method == "condlora":
+        maps = {(m.d_in, m.d_out) for m in model.modules() if isinstance(m, CondLoRAMaps)}
+        assert maps == {(32, 96), (32, 32), (128, 32)}
     assert layer.surm_layers["default"].in_features == 32 and layer.surm_layers["default"].out_features == 96
     perturb(model)
     want = model(ids).logits.detach()
@@ -137,8 +141,6 @@ def test_peft_version_range():
 def test_condlora_maps_live_in_the_model_without_a_peft_model():
     """peft.inject_adapter_in_model drops the tuner: the shared maps must still be the model's parameters, once."""
     from peft import inject_adapter_in_model
-
-    from surm_ops.adapters import CondLoRAMaps
 
     model = inject_adapter_in_model(sp.config("condlora", r=2, target_modules=["q", "v"]), toy())
     maps = {id(m) for m in model.modules() if isinstance(m, CondLoRAMaps)}

@@ -11,11 +11,14 @@ that the PEFT verbs work as for PEFT's built-in methods::
     again = PeftModel.from_pretrained(fresh_base, "out/")      # surm_ops.peft must be imported here too
 
 Config classes: :data:`CONFIGS` (one per method, e.g. :class:`CirculantConfig`), or :func:`config`. PEFT type
-names are ``SURM_<METHOD>``; adapter parameters live under ``surm_<method>_layers`` (CondLoRA's shared maps under
-``surm_condlora_maps``).
+names are ``SURM_<METHOD>``; adapter parameters live under ``surm_<method>_layers.<adapter name>`` (CondLoRA's
+shared maps under the first layer of each module type, as ``cond_maps``).
 """
 
-import peft as _peft
+try:
+    import peft as _peft
+except ImportError as err:  # name the extra, not only the missing module
+    raise ImportError("surm_ops.peft needs Hugging Face PEFT: pip install 'surm_ops[peft]'") from err
 
 from surm_ops.peft._compat import check_peft_version
 

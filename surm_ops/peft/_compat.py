@@ -11,7 +11,7 @@ import warnings
 
 from packaging.version import Version
 
-TESTED = (Version("0.21.0"), Version("0.22.0"))  # [low, high): peft 0.21.0 and 0.21.2 are tested
+TESTED = (Version("0.21.0"), Version("0.22.0"))  # [low, high): peft 0.21.0, 0.21.1 and 0.21.2 are tested
 
 
 def check_peft_version(version: str) -> None:

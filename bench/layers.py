@@ -4,7 +4,8 @@ Every layer is ``d -> d`` without bias, frozen weight in the suite's dtype, adap
 builds them (``METHODS[name](base, Config(**options))``: float32 adapter parameters on a bfloat16 base). Providers
 (the ``label`` of a :class:`LayerSpec`): ``frozen`` (the bare layer), every registered method at a typical setting,
 the SURM Adapter form around the layer, and, when ``peft`` is importable, PEFT's own LoRA (r = 16) and C3A (block
-64) layers, built through ``peft.get_peft_model`` with their defaults (PEFT keeps adapter weights in float32).
+64) layers, built through ``peft.get_peft_model`` with their defaults (PEFT keeps adapter weights in float32), and
+that C3A layer after ``surm_ops.peft.accelerate``.
 
 Modes: ``"fwd"``, the forward under ``torch.no_grad()``; ``"full"``, a training step: the forward, then
 ``torch.autograd.grad`` for x and every trainable parameter (x needs a gradient, as in any layer but the first; the
@@ -63,6 +64,8 @@ LAYERS: tuple[LayerSpec, ...] = (
     LayerSpec("kronecker-r8-unfused", "kronecker", {"r": 8}, fused=False),
     LayerSpec("peft-lora-r16", "peft-lora", {"r": 16}),
     LayerSpec("peft-c3a-b64", "peft-c3a", {"block_size": 64}),
+    # the same PEFT C3A layer after surm_ops.peft.accelerate (our block-circulant op, same parameters)
+    LayerSpec("peft-c3a-b64-accelerated", "peft-c3a-accelerated", {"block_size": 64}),
 )
 
 QUICK_LABELS = ("frozen", "lora-r16", "circulant")
@@ -105,7 +108,12 @@ def _peft(base: nn.Linear, spec: LayerSpec) -> nn.Module:
         config = peft.LoraConfig(r=spec.options["r"], lora_alpha=2 * spec.options["r"], target_modules=["layer"])
     else:
         config = peft.C3AConfig(block_size=spec.options["block_size"], target_modules=["layer"])
-    return peft.get_peft_model(_Holder(base), config).base_model.model.layer
+    model = peft.get_peft_model(_Holder(base), config)
+    if spec.method == "peft-c3a-accelerated":
+        import surm_ops.peft
+
+        surm_ops.peft.accelerate(model)
+    return model.base_model.model.layer
 
 
 def make_layer(spec: LayerSpec, d: int, dev: torch.device, dtype: torch.dtype, seed: int = 0) -> nn.Module:

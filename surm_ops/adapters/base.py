@@ -79,6 +79,13 @@ class AdaptedLinear(nn.Module):
     """Use the fused frozen-plus-update kernel where it runs (see :meth:`fused_update`); set False on a layer to
     keep ``base(x) + delta(x)`` (same values; for comparisons)."""
 
+    @classmethod
+    def build_layers(cls, matched, config: Any) -> tuple[dict[int, nn.Module], dict[str, nn.Module], dict]:
+        """New layers for ``inject``'s matched modules ``[(name, module, every name it has)]``: ``(layers keyed by
+        id(module), shared modules to register on the model, metadata to record)``. Methods whose layers depend
+        on each other (a global budget, maps shared across layers) override it."""
+        return {id(m): cls(m, config, name) for name, m, _ in matched}, {}, {}
+
     def __init__(self, base: nn.Module, config: Any, name: str = "", *, fan_in_fan_out: bool | None = None) -> None:
         super().__init__()
         d_in, d_out, self.fan_in_fan_out = linear_dims(base, fan_in_fan_out, name, self.method)

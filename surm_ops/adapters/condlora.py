@@ -21,6 +21,8 @@ see it exactly once. A layer built without ``maps`` owns its maps and registers 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +45,25 @@ class CondLoRAConfig:
     def __post_init__(self):
         check_positive("condlora", r=self.r, alpha=self.alpha)
         check_choice("condlora", "form", self.form, ("rectangular", "square"))
+
+
+_EMPTY_DICT = nn.ModuleDict()
+
+
+def _sanitize(keys: Sequence[str]) -> dict[str, str]:
+    """Group key -> a valid, unique ``nn.ModuleDict`` key."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for key in keys:
+        base = re.sub(r"\W", "_", key) or "_"
+        if hasattr(_EMPTY_DICT, base):  # e.g. "keys", "training": attribute names of the container
+            base += "_"
+        clean, i = base, 1
+        while clean in used:
+            clean, i = f"{base}_{i}", i + 1
+        used.add(clean)
+        out[key] = clean
+    return out
 
 
 def condlora_group_key(name: str) -> str:
@@ -116,6 +137,37 @@ class CondLoRALinear(AdaptedLinear):
 
     method = "condlora"
     config_class = CondLoRAConfig
+
+    @classmethod
+    def build_layers(cls, matched, config):
+        """``inject``'s layers: one :class:`CondLoRAMaps` per module type, shared by every layer of that type and
+        registered on the model (``surm_condlora``)."""
+        # CondLoRA: one maps module per module type, shared by every layer of that type. The type is the last name
+        # component; where layers of one name differ in shape (GPT-2's attn.c_proj 32 -> 32, mlp.c_proj 128 -> 32)
+        # each shape is its own type, keyed "<name>_<d_in>x<d_out>".
+        dims = {}
+        for name, m, _ in matched:
+            try:
+                dims[name] = linear_dims(m, None, name, cls.method)[:2]
+            except TypeError:
+                dims[name] = None  # the layer constructor raises the error, naming the layer
+        shapes: dict[str, set] = {}
+        for name, d in dims.items():
+            shapes.setdefault(condlora_group_key(name), set()).add(d)
+        maps: dict[str, CondLoRAMaps] = {}
+        layers = {}
+        for name, m, _ in matched:
+            key = condlora_group_key(name)
+            if len(shapes[key]) > 1 and dims[name] is not None:
+                key = f"{key}_{dims[name][0]}x{dims[name][1]}"
+            if key not in maps:
+                try:
+                    maps[key] = CondLoRAMaps.for_linear(m, config)
+                except (TypeError, ValueError) as err:
+                    raise type(err)(f"{err} (layer {name!r})") from None
+            layers[id(m)] = cls(m, config, name, maps=maps.get(key))
+        keys = _sanitize(list(maps))
+        return layers, {keys[k]: v for k, v in maps.items()}, {}
 
     def __init__(self, base: nn.Module, config: CondLoRAConfig, name: str = "",
                  maps: CondLoRAMaps | None = None, *, fan_in_fan_out: bool | None = None) -> None:

@@ -27,6 +27,7 @@ A layer whose config has ``budget`` set but no ``rank`` raises ``ValueError``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import surm_ops
-from surm_ops.adapters.base import AdaptedLinear
+from surm_ops.adapters.base import AdaptedLinear, linear_dims
 from surm_ops.adapters.registry import register
 
 RANDOMIZED_MIN_DIM = 2048
@@ -237,6 +238,21 @@ def _singular_triplets(layer: AdaptedLinear, config: SARAConfig | MoSARAConfig):
     return u[:, :k].to(dt).contiguous(), v[:, :k].to(dt).contiguous()
 
 
+def _build_with_budget(cls, matched, config):
+    """``inject``'s layers for SARA/Mo-SARA: with ``budget=`` one global threshold for the whole model, resolved
+    here from every matched weight's spectrum; each layer gets its rank through ``config.rank``."""
+    if config.budget is None or config.rank is not None:
+        return {id(m): cls(m, config, name) for name, m, _ in matched}, {}, {}
+    weights = {}
+    for name, m, _ in matched:
+        d_in, d_out, flip = linear_dims(m, None, name, cls.method)  # a layer it cannot adapt fails here, by name
+        weights[name] = m.weight.T if flip else m.weight
+    theta, ranks = ranks_for_budget(weights, config.budget, config.params_per_rank, max_rank=config.max_rank,
+                                    randomized=config.randomized)
+    layers = {id(m): cls(m, dataclasses.replace(config, rank=ranks[name]), name) for name, m, _ in matched}
+    return layers, {}, {"threshold": theta, "ranks": ranks}
+
+
 @register
 class SARALinear(AdaptedLinear):
     """SARA: ``dW = P diag(lambda) Q`` with P = U_k (d_out, k), lambda = 0 (k,), Q = V_k^T (k, d_in), all trainable.
@@ -252,6 +268,7 @@ class SARALinear(AdaptedLinear):
 
     method = "sara"
     config_class = SARAConfig
+    build_layers = classmethod(_build_with_budget)
 
     def __init__(self, base: nn.Module, config: SARAConfig, name: str = "", *,
                  fan_in_fan_out: bool | None = None) -> None:
@@ -287,6 +304,7 @@ class MoSARALinear(AdaptedLinear):
 
     method = "mosara"
     config_class = MoSARAConfig
+    build_layers = classmethod(_build_with_budget)
     mergeable = False
 
     def __init__(self, base: nn.Module, config: MoSARAConfig, name: str = "", *,

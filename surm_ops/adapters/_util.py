@@ -6,6 +6,12 @@ import torch
 from torch.nn import functional as F
 
 
+def adapter_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype adapters keep and compute in next to a layer of ``dtype``: float32 (so half models train their
+    updates in float32, cast once), float64 next to a float64 layer (gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def check_positive(method: str, **values: float) -> None:
     for name, v in values.items():
         if not v > 0:

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import surm_ops
-from surm_ops.adapters._util import apply_keeping_float, check_choice
+from surm_ops.adapters._util import adapter_dtype, apply_keeping_float, check_choice
 from surm_ops.reference import dense
 
 ADAPTER_METHOD = "adapter"
@@ -106,7 +106,7 @@ def _param_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
     """float32 adapters (float64 next to a float64 module), on the module's device."""
     for t in [*module.parameters(), *module.buffers()]:
         if t.is_floating_point():
-            return (torch.float64 if t.dtype == torch.float64 else torch.float32), t.device
+            return adapter_dtype(t.dtype), t.device
     return torch.float32, torch.device("cpu")
 
 

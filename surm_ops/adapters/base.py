@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import surm_ops
-from surm_ops.adapters._util import apply_keeping_float
+from surm_ops.adapters._util import adapter_dtype, apply_keeping_float
 from surm_ops.ops.structured_linear import fusable
 
 
@@ -133,8 +133,7 @@ class AdaptedLinear(nn.Module):
 
     def param_dtype(self) -> torch.dtype:
         """float32 adapters on half models (design §2.2): the update is computed in float32, cast once."""
-        dt = self.base.weight.dtype
-        return dt if dt == torch.float64 else torch.float32
+        return adapter_dtype(self.base.weight.dtype)
 
     def _apply(self, fn, recurse=True):
         return apply_keeping_float(self, fn, recurse, super()._apply)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from surm_ops.adapters._util import apply_keeping_float, check_choice, check_positive
+from surm_ops.adapters._util import adapter_dtype, apply_keeping_float, check_choice, check_positive
 from surm_ops.adapters.base import AdaptedLinear, linear_dims
 from surm_ops.adapters.registry import register
 
@@ -105,8 +105,8 @@ class CondLoRAMaps(nn.Module):
                    ) -> CondLoRAMaps:
         """Maps fitting ``base`` (an nn.Linear or Conv1D; float32, or float64 for a float64 layer; on its device)."""
         d_in, d_out, _ = linear_dims(base, fan_in_fan_out, method="condlora")
-        dt = base.weight.dtype if base.weight.dtype == torch.float64 else torch.float32
-        return cls(config.r, d_in, d_out, config.form, dtype=dt, device=base.weight.device)
+        return cls(config.r, d_in, d_out, config.form, dtype=adapter_dtype(base.weight.dtype),
+                   device=base.weight.device)
 
     def _apply(self, fn, recurse=True):
         return apply_keeping_float(self, fn, recurse, super()._apply)

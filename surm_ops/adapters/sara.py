@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import surm_ops
+from surm_ops.adapters._util import adapter_dtype
 from surm_ops.adapters.base import AdaptedLinear, linear_dims
 from surm_ops.adapters.registry import register
 
@@ -100,10 +101,6 @@ class MoSARAConfig:
         return 2 * self.experts
 
 
-def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
-    return torch.float64 if weight.dtype == torch.float64 else torch.float32
-
-
 def _use_randomized(weight: torch.Tensor, randomized: bool) -> bool:
     return randomized and min(weight.shape) > RANDOMIZED_MIN_DIM
 
@@ -112,7 +109,7 @@ def _spectrum(weight: torch.Tensor, q: int | None, randomized: bool, vectors: bo
     """``(U, sigma, V, total)``: singular values descending (all, or the top q when randomized), the left and right
     vectors as columns (None unless ``vectors``), and the total sum of singular values (float64; an upper-bound
     estimate when randomized)."""
-    w = weight.detach().to(_compute_dtype(weight))
+    w = weight.detach().to(adapter_dtype(weight.dtype))
     if _use_randomized(weight, randomized):
         m = min(w.shape)
         u, s, v = torch.svd_lowrank(w, q=min(q + _OVERSAMPLE, m), niter=4)

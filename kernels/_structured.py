@@ -12,7 +12,7 @@ Kronecker product and the fused adapted linear layer:
     to diagonals in a fixed order on the host side (deterministic: no atomics).
 
 A (block-)Toeplitz M is described by its diagonals ``e: (p, q, bo + bi - 1)``: block (P, Q) is bo x bi and
-``M[P*bo + i, Q*bi + j] = e[P, Q, i - j + bi - 1]`` (:func:`surm_ops.reference.dense._from_diagonals`). A plain
+``M[P*bo + i, Q*bi + j] = e[P, Q, i - j + bi - 1]`` (:func:`surm_ops.structure.from_diagonals`). A plain
 Toeplitz matrix is p = q = 1; a circulant is a Toeplitz matrix with ``e = cat(c[1:], c)``.
 
 Numerics (the README's "Numerics of the triton backend" says what a user sees):
@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from surm_ops.reference.dense import _diagonal_sums
+from surm_ops.structure import diagonal_sums
 
 TOEPLITZ = 0
 KRONECKER = 1
@@ -396,7 +396,7 @@ def diag_corr(gy: torch.Tensor, x: torch.Tensor, p: int, q: int, bo: int, bi: in
             ACC=_TL_DTYPE[acc], DOT=dot, PRECISION=precision(acc), EMULATE=emulating(), T=t, BLOCK_B=block_b,
             num_warps=corr_warps(t))
     # Fold: tile diagonals -> block-diagonal vectors (stride t, length 2t - 1, overlapping by t - 1).
-    sums = torch.nn.functional.pad(_diagonal_sums(part.sum(2)), (0, 1)).reshape(groups, p * q, n_diag, 2, t)
+    sums = torch.nn.functional.pad(diagonal_sums(part.sum(2)), (0, 1)).reshape(groups, p * q, n_diag, 2, t)
     folded = sums.new_zeros(groups, p * q, n_diag + 1, t)
     folded[:, :, :-1] += sums[:, :, :, 0]
     folded[:, :, 1:] += sums[:, :, :, 1]

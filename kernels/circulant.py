@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from surm_ops._validate import compute_dtype
 from surm_ops.kernels._structured import Toeplitz, rows, structured_mm, toeplitz_grads
-from surm_ops.reference.dense import circulant_diagonals, circulant_diagonals_adjoint
+from surm_ops.structure import circulant_diagonals, circulant_diagonals_adjoint, compute_dtype
 
 
 def generator(c: torch.Tensor, dt: torch.dtype) -> Toeplitz:

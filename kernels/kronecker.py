@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from surm_ops._validate import compute_dtype
 from surm_ops.kernels._structured import Kronecker, rows, structured_mm
 from surm_ops.reference import factored
+from surm_ops.structure import compute_dtype
 
 
 def generator(a: torch.Tensor, b: torch.Tensor, dt: torch.dtype) -> Kronecker:

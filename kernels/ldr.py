@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from surm_ops._validate import compute_dtype
 from surm_ops.kernels import skew_circulant
 from surm_ops.kernels._structured import Toeplitz, diag_corr, rows, structured_mm
-from surm_ops.reference.dense import circulant_diagonals, circulant_diagonals_adjoint, skew_circulant_diagonals_adjoint
+from surm_ops.structure import (
+    circulant_diagonals,
+    circulant_diagonals_adjoint,
+    compute_dtype,
+    skew_circulant_diagonals_adjoint,
+)
 
 
 def _generators(g: torch.Tensor, h: torch.Tensor, dt: torch.dtype) -> tuple[Toeplitz, Toeplitz]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from surm_ops._validate import compute_dtype
 from surm_ops.kernels._structured import Kronecker, Toeplitz, diag_corr, rows, structured_mm
 from surm_ops.reference import factored
+from surm_ops.structure import compute_dtype
 
 
 def _generator(weight: torch.Tensor, params, dt: torch.dtype) -> Toeplitz | Kronecker:

@@ -13,8 +13,18 @@ import torch
 import triton
 import triton.language as tl
 
-from surm_ops._validate import compute_dtype
-from surm_ops.kernels._structured import _TL_DTYPE, cast, dot_dtype, emulating, mma, on_device, precision, rows, streamed
+from surm_ops.kernels._structured import (
+    _TL_DTYPE,
+    cast,
+    dot_dtype,
+    emulating,
+    mma,
+    on_device,
+    precision,
+    rows,
+    streamed,
+)
+from surm_ops.structure import compute_dtype
 
 
 @triton.jit

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from surm_ops._validate import compute_dtype
 from surm_ops.kernels._structured import Toeplitz, rows, structured_mm, toeplitz_grads
-from surm_ops.reference.dense import toeplitz_diagonals, toeplitz_diagonals_adjoint
+from surm_ops.structure import compute_dtype, toeplitz_diagonals, toeplitz_diagonals_adjoint
 
 
 def generator(col: torch.Tensor, row: torch.Tensor, dt: torch.dtype) -> Toeplitz:

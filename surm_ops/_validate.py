@@ -45,8 +45,3 @@ def features(op: str, x: torch.Tensor, n_in: int, source: Callable[[], str]) -> 
 def nonempty(op: str, name: str, t: torch.Tensor) -> None:
     if t.numel() == 0:
         raise ValueError(f"{op}: {name} must not be empty; got {name}.shape = {shape_str(t)}")
-
-
-def compute_dtype(*ts: torch.Tensor) -> torch.dtype:
-    """float64 if any argument is float64, else float32: half inputs are computed in float32 (design §2.2)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32

@@ -15,8 +15,8 @@ which is sum((G^T X) * (M(e_k) - M(0))), M built through the scipy constructor.
 import os
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -88,7 +88,7 @@ class Case:
     shapes: dict  # parameter name -> shape
     n_in: int
     n_out: int
-    dense: Optional[Callable]  # params -> M (n_out, n_in); None when M is per token
+    dense: Callable | None  # params -> M (n_out, n_in); None when M is per token
     per_token: bool = False
 
     def params(self, salt=0):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import surm_ops
+from surm_ops import structure
 from surm_ops.adapters._util import block_size_for, check_choice, pad_features
 from surm_ops.adapters.base import AdaptedLinear
 from surm_ops.adapters.registry import register
@@ -66,7 +67,7 @@ class CirculantLinear(AdaptedLinear):
 
     def fused_update(self):
         c = self.filter()
-        e = dense.circulant_diagonals(c)
+        e = structure.circulant_diagonals(c)
         if c.ndim == 3:
             return "toeplitz", (e,)
         # The kept d_out x d_in corner of the n x n circulant is Toeplitz: diagonals -(d_in - 1) .. d_out - 1.

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import surm_ops
+from surm_ops import structure
 from surm_ops.adapters._util import pad_features
 from surm_ops.adapters.base import AdaptedLinear
 from surm_ops.adapters.registry import register
@@ -55,7 +56,7 @@ class ToeplitzLinear(AdaptedLinear):
     def fused_update(self):
         if self.config.symmetric:  # a product of two Toeplitz matrices is not Toeplitz
             return None
-        return "toeplitz", (dense.toeplitz_diagonals(self.col, self._row()).reshape(1, 1, -1),)
+        return "toeplitz", (structure.toeplitz_diagonals(self.col, self._row()).reshape(1, 1, -1),)
 
     def delta_weight(self) -> torch.Tensor:
         if self.config.symmetric:

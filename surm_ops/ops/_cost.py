@@ -46,21 +46,21 @@ def circulant(x, c):
 
 
 def skew_circulant(x, c):
-    from surm_ops.reference.fft import good_size
+    from surm_ops.structure import good_size
 
     n = c.shape[-1]
     return _prefer_dense(x, n, n, [good_size(2 * n - 1)] * 2, calls=3)
 
 
 def toeplitz(x, col, row):
-    from surm_ops.reference.fft import good_size
+    from surm_ops.structure import good_size
 
     length = good_size(col.shape[-1] + row.shape[-1] - 1)
     return _prefer_dense(x, col.shape[-1], row.shape[-1], [length] * 2, calls=3)
 
 
 def ldr(x, g, h):
-    from surm_ops.reference.fft import good_size
+    from surm_ops.structure import good_size
 
     r, n = g.shape
     length = good_size(2 * n - 1)

@@ -19,6 +19,7 @@ import torch
 
 from surm_ops import dispatch
 from surm_ops.reference import fft as reference
+from surm_ops.structure import good_size
 
 # Mirrors of csrc/conv/config.h, csrc/fft/plan.h and csrc/common/exec.h (tests/csrc checks they agree).
 MAX_RADIX = 127
@@ -56,7 +57,7 @@ def _circulant_shape(c: torch.Tensor) -> Shape:
 
 def _toeplitz_shape(col: torch.Tensor, row: torch.Tensor) -> Shape:
     n_out, n_in = col.shape[-1], row.shape[-1]
-    return Shape(1, 1, reference.good_size(n_out + n_in - 1), n_in, n_out)
+    return Shape(1, 1, good_size(n_out + n_in - 1), n_in, n_out)
 
 
 # -- the limits of csrc/conv/config.h ---------------------------------------------------------------------------------

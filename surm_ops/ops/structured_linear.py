@@ -20,22 +20,22 @@ import torch
 from torch.nn import functional as F
 
 from surm_ops import _validate, dispatch
-from surm_ops._validate import compute_dtype
 from surm_ops.ops import _triton
 from surm_ops.ops._registry import define
 from surm_ops.reference import dense
+from surm_ops.structure import compute_dtype
 
 STRUCTURES = ("toeplitz", "kronecker")
 
 
 def _toeplitz_matrix(e: torch.Tensor, n_out: int, n_in: int) -> torch.Tensor:
     p, q, _ = e.shape
-    return dense._from_diagonals(e, n_in // q).permute(0, 2, 1, 3).reshape(n_out, n_in)
+    return dense.from_diagonals(e, n_in // q).permute(0, 2, 1, 3).reshape(n_out, n_in)
 
 
 def _toeplitz_adjoint(gm: torch.Tensor, p: int, q: int) -> torch.Tensor:
     n_out, n_in = gm.shape
-    return dense._diagonal_sums(gm.reshape(p, n_out // p, q, n_in // q).permute(0, 2, 1, 3))
+    return dense.diagonal_sums(gm.reshape(p, n_out // p, q, n_in // q).permute(0, 2, 1, 3))
 
 
 def _dense_forward(matrix):

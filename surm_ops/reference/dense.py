@@ -11,61 +11,17 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from surm_ops._validate import compute_dtype
-
-
-def _from_diagonals(e: torch.Tensor, n_in: int) -> torch.Tensor:
-    """The Toeplitz matrix whose diagonal d = i - j holds ``e[..., d + n_in - 1]``.
-
-    e: (..., n_out + n_in - 1) -> (..., n_out, n_in). Row i is a reversed window of e, so M is a flipped strided
-    view of e's reversal, copied once: no n^2 index tensor is built.
-    """
-    return e.flip(-1).unfold(-1, n_in, 1).flip(-2)
-
-
-def _diagonal_sums(gm: torch.Tensor) -> torch.Tensor:
-    """Adjoint of :func:`_from_diagonals`: ``out[..., d + n_in - 1] = sum over i - j = d of gm[..., i, j]``.
-
-    Flipping columns turns diagonals into anti-diagonals; padding each row with n_out zeros and re-reading the
-    buffer with rows one element shorter shifts row i right by i, so each anti-diagonal becomes a column.
-    """
-    n_out, n_in = gm.shape[-2:]
-    width = n_out + n_in - 1
-    flat = torch.nn.functional.pad(gm.flip(-1), (0, n_out)).flatten(-2)[..., :n_out * width]
-    return flat.reshape(*gm.shape[:-2], n_out, width).sum(-2)
-
-
-def circulant_diagonals(c: torch.Tensor) -> torch.Tensor:
-    """The diagonals of ``circulant(c)`` (the layout of :func:`_from_diagonals`): (..., n) -> (..., 2n - 1)."""
-    return torch.cat([c[..., 1:], c], dim=-1)
-
-
-def circulant_diagonals_adjoint(ge: torch.Tensor) -> torch.Tensor:
-    """Adjoint of :func:`circulant_diagonals`: (..., 2n - 1) -> (..., n)."""
-    n = (ge.shape[-1] + 1) // 2
-    gc = ge[..., n - 1:].clone()
-    gc[..., 1:] += ge[..., :n - 1]
-    return gc
-
-
-def skew_circulant_diagonals(c: torch.Tensor) -> torch.Tensor:
-    return torch.cat([-c[..., 1:], c], dim=-1)
-
-
-def skew_circulant_diagonals_adjoint(ge: torch.Tensor) -> torch.Tensor:
-    n = (ge.shape[-1] + 1) // 2
-    gc = ge[..., n - 1:].clone()
-    gc[..., 1:] -= ge[..., :n - 1]
-    return gc
-
-
-def toeplitz_diagonals(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-    """(n_out,), (n_in,) -> (n_out + n_in - 1,); row[0] is not used."""
-    return torch.cat([row[1:].flip(0), col])
-
-
-def toeplitz_diagonals_adjoint(ge: torch.Tensor, n_in: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return ge[n_in - 1:].clone(), torch.cat([ge.new_zeros(1), ge[:n_in - 1].flip(0)])
+from surm_ops.structure import (
+    circulant_diagonals,
+    circulant_diagonals_adjoint,
+    compute_dtype,
+    diagonal_sums,
+    from_diagonals,
+    skew_circulant_diagonals,
+    skew_circulant_diagonals_adjoint,
+    toeplitz_diagonals,
+    toeplitz_diagonals_adjoint,
+)
 
 
 def circulant(c: torch.Tensor) -> torch.Tensor:
@@ -73,7 +29,7 @@ def circulant(c: torch.Tensor) -> torch.Tensor:
 
     c: (..., n) -> (..., n, n) for a batch of circulants.
     """
-    return _from_diagonals(circulant_diagonals(c), c.shape[-1])
+    return from_diagonals(circulant_diagonals(c), c.shape[-1])
 
 
 def block_circulant(c: torch.Tensor) -> torch.Tensor:
@@ -84,7 +40,7 @@ def block_circulant(c: torch.Tensor) -> torch.Tensor:
 
 def skew_circulant(c: torch.Tensor) -> torch.Tensor:
     """``M[i, j] = c[i - j]`` if i >= j else ``-c[n + i - j]``. c: (..., n) -> (..., n, n)."""
-    return _from_diagonals(skew_circulant_diagonals(c), c.shape[-1])
+    return from_diagonals(skew_circulant_diagonals(c), c.shape[-1])
 
 
 def toeplitz(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
@@ -92,12 +48,12 @@ def toeplitz(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
 
     col: (n_out,), row: (n_in,) -> (n_out, n_in).
     """
-    return _from_diagonals(toeplitz_diagonals(col, row), row.shape[-1])
+    return from_diagonals(toeplitz_diagonals(col, row), row.shape[-1])
 
 
 def circulant_adjoint(gm: torch.Tensor) -> torch.Tensor:
     """The gradient of c given the gradient of ``circulant(c)``: (..., n, n) -> (..., n)."""
-    return circulant_diagonals_adjoint(_diagonal_sums(gm))
+    return circulant_diagonals_adjoint(diagonal_sums(gm))
 
 
 def block_circulant_adjoint(gm: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -106,11 +62,11 @@ def block_circulant_adjoint(gm: torch.Tensor, shape: torch.Size) -> torch.Tensor
 
 
 def skew_circulant_adjoint(gm: torch.Tensor) -> torch.Tensor:
-    return skew_circulant_diagonals_adjoint(_diagonal_sums(gm))
+    return skew_circulant_diagonals_adjoint(diagonal_sums(gm))
 
 
 def toeplitz_adjoint(gm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return toeplitz_diagonals_adjoint(_diagonal_sums(gm), gm.shape[-1])
+    return toeplitz_diagonals_adjoint(diagonal_sums(gm), gm.shape[-1])
 
 
 def ldr(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from surm_ops._validate import compute_dtype
+from surm_ops.structure import compute_dtype
 
 
 def _out(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -19,27 +19,10 @@ conjugates are taken with ``conj_physical`` on tensors this module owns.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch.fft import irfft, rfft
 
-from surm_ops._validate import compute_dtype
-
-
-@functools.cache
-def good_size(m: int) -> int:
-    """The smallest even 2^a 3^b 5^c 7^d >= m: lengths that MKL, pocketfft and cuFFT transform fast (odd lengths
-    such as 63 measured 2-4x slower than 64 on CPU)."""
-    n = max(m, 2) + max(m, 2) % 2
-    while True:
-        r = n
-        for f in (2, 3, 5, 7):
-            while r % f == 0:
-                r //= f
-        if r == 1:
-            return n
-        n += 2
+from surm_ops.structure import compute_dtype, good_size  # noqa: F401  (good_size: also reached as fft.good_size)
 
 
 def _out(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -5,8 +5,8 @@ sizes, every dtype, svd at ranks 16 to 128) runs once on CPU tensors with the ke
 nothing executes and nothing is assumed about which constexprs, tiles or warps a launcher picks: the recorded
 launches are bound with Triton's own specialisation (integers equal to 1 become constants, those divisible by 16 and
 aligned pointers get divisibility hints, as on a GPU), and each distinct one is compiled to SASS (``variants``
-says for which architectures). A variant fails on a compile error, shared memory over the architecture's opt-in limit per block,
-a register spill (float64 exempt: it exists to check precision), or a grid beyond CUDA's limits.
+says for which architectures). A variant fails on a compile error, shared memory over the architecture's opt-in
+limit per block, a register spill (float64 exempt: it exists to check precision), or a grid beyond CUDA's limits.
 
 Run as ``python -m tests.kernels.aot [--all] [--shard I/N]`` with ``TRITON_INTERPRET`` unset (under the interpreter
 ``@triton.jit`` yields functions that cannot be compiled); prints one JSON object mapping each variant id to
@@ -42,7 +42,7 @@ def _scenarios():
         for tokens in (16, 4096):
             x, x768 = r(tokens, 1024, dtype=xdt), r(tokens, 768, dtype=xdt)
 
-            def ops(x=x, x768=x768):
+            def ops(x=x, x768=x768, pdt=pdt):
                 for mod, params in ((circulant, [r(1024, dtype=pdt)]), (circulant, [r(16, 16, 64, dtype=pdt)]),
                                     (circulant, [r(16, 16, 64, dtype=pdt)[:, :, :48].contiguous()]),
                                     (skew_circulant, [r(1024, dtype=pdt)]), (ldr, [r(2, 1024, dtype=pdt)] * 2),
@@ -54,7 +54,7 @@ def _scenarios():
                 y = toeplitz.forward(x768, col, row)
                 toeplitz.backward(y, x768, col, row, everything[:3])
 
-            def fused(x=x, x768=x768):
+            def fused(x=x, x768=x768, pdt=pdt, xdt=xdt):
                 # The op always passes a bias (zeros when the layer has none).
                 w, bias = r(1024, 768, dtype=xdt), r(1024, dtype=xdt)
                 for params, b in (([r(1, 1, 1024 + 768 - 1, dtype=pdt)], bias),
@@ -63,7 +63,7 @@ def _scenarios():
                     y = structured_linear.forward(x768, w, b, *params)
                     structured_linear.backward(y, x768, w, b, *params, everything[:3 + len(params)])
 
-            def svds(x=x):
+            def svds(x=x, pdt=pdt):
                 for k in (16, 32, 64, 128):
                     u, s, v = r(1024, k, dtype=pdt), r(k, dtype=pdt), r(1024, k, dtype=pdt)
                     y = svd.forward(x, u, s, v)
@@ -97,7 +97,7 @@ def record() -> dict[str, tuple]:
     for name, (mod, attr) in kernels.items():
         setattr(mod, attr, Recorder(name, originals[name]))
     try:
-        for scenario, thunk in _scenarios():
+        for scenario, thunk in _scenarios():  # noqa: B007 (the recorders read it)
             thunk()
     finally:
         for name, (mod, attr) in kernels.items():

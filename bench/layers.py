@@ -83,10 +83,23 @@ def shape(dev: torch.device) -> LayerShape:
     return LayerShape(16384, 4096, torch.bfloat16) if dev.type == "cuda" else LayerShape(256, 768, torch.float32)
 
 
-def selected() -> tuple[LayerSpec, ...]:
+def selected(dev: torch.device, scope: str = "default") -> tuple[LayerSpec, ...]:
+    """The layers of ``scope`` (bench/cases.py's scopes): all that can run here, or the three ``quick`` ones."""
     specs = tuple(s for s in LAYERS if not (s.method or "").startswith("peft-") or cases.peft_available())
-    specs = tuple(s for s in specs if s.fused or cases.device().type == "cuda")
-    return tuple(s for s in specs if s.label in QUICK_LABELS) if cases.quick() else specs
+    specs = tuple(s for s in specs if s.fused or dev.type == "cuda")
+    return tuple(s for s in specs if s.label in QUICK_LABELS) if scope == "quick" else specs
+
+
+def groups(dev: torch.device, scope: str = "default") -> list[cases.Group]:
+    """One group per mode: every selected layer, timed interleaved (``fwd`` only with ``quick``)."""
+    shp = shape(dev)
+    specs = selected(dev, scope)
+    out = []
+    for mode in (("fwd",) if scope == "quick" else MODES):
+        out.append(cases.Group(f"layer {shp.label} {roofline.dtype_name(shp.dtype)} {mode}",
+                               {s.label: fields(s, mode, shp) for s in specs},
+                               lambda mode=mode: {s.label: build(s, mode, dev, shp)[0] for s in specs}))
+    return out
 
 
 class _Holder(nn.Module):  # PEFT targets modules by name inside a model
@@ -130,6 +143,11 @@ def make_layer(spec: LayerSpec, d: int, dev: torch.device, dtype: torch.dtype, s
     return layer
 
 
+def parameter_count(spec: LayerSpec, d: int) -> int:
+    """Trainable parameters of ``spec``'s adapter on a d -> d layer."""
+    return sum(p.numel() for p in trainable(make_layer(spec, d, torch.device("cpu"), torch.float32)))
+
+
 def trainable(layer: nn.Module) -> list[nn.Parameter]:
     return [p for p in layer.parameters() if p.requires_grad]
 
@@ -153,9 +171,10 @@ def build(spec: LayerSpec, mode: str, dev: torch.device, shp: LayerShape,
 
 
 def fields(spec: LayerSpec, mode: str, shp: LayerShape) -> dict:
-    """A layer row's fields other than timing and parameter count (bytes and FLOPs: roofline.py)."""
+    """A layer row's fields other than timing (bytes and FLOPs: roofline.py)."""
     return {
         "suite": "layer", "op": "linear", "provider": spec.label, "backend": spec.method or "", "mode": mode,
+        "params": parameter_count(spec, shp.d),
         "dtype": roofline.dtype_name(shp.dtype), "shape": shp.label,
         "bytes": roofline.layer_bytes(shp.tokens, shp.d, shp.d, shp.dtype.itemsize, shp.dtype.itemsize, mode),
         "flops": roofline.layer_flops(shp.tokens, shp.d, shp.d, mode),

@@ -14,10 +14,11 @@ over rounds of each visit's fastest call) next to the median and spread. Ceiling
 measured before and after the cases. How many cores other processes kept busy is sampled around every case
 (bench/meta.py). The report prints a headline per structured method, the detailed tables, then where the files are.
 
-On CPU the run uses one torch thread by default: with two or more, one thread descheduled by a neighbour
-process stalls the others at every parallel region, and on a busy machine timings swing 10–100×. ``--threads N``
-measures N threads (recorded in every row). ``SURM_BENCH_COMMIT`` overrides the commit recorded (for a copy of the
-tree without .git).
+On CPU the run uses one torch thread by default, timed by that thread's CPU time (bench/timing.py). With two
+or more threads, one thread descheduled by a neighbour process stalls the others at every parallel region, and
+on a busy 2-core machine a 300 µs op measured 15–25 ms; with one thread, time spent descheduled is simply not
+counted. ``--threads N`` measures N threads by wall time (recorded in every row; trust it on an idle machine
+only). ``SURM_BENCH_COMMIT`` overrides the commit recorded (for a copy of the tree without .git).
 """
 
 from __future__ import annotations

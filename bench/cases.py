@@ -210,7 +210,8 @@ class Group:
     """What one interleaved measurement times: the providers of one case and mode.
 
     ``fields[provider]`` is that provider's row before timing (op, shape, bytes, FLOPs, ...); ``build()`` makes
-    the callables, ``{provider: fn}``, only when the group is about to be timed (inputs are allocated then)."""
+    the callables, ``{provider: fn}``, only when the group is about to be timed (inputs are allocated then), and
+    may complete ``fields`` with what only the built callables know (a layer's parameter count)."""
 
     label: str
     fields: dict[str, dict]

@@ -91,14 +91,20 @@ def selected(dev: torch.device, scope: str = "default") -> tuple[LayerSpec, ...]
 
 
 def groups(dev: torch.device, scope: str = "default") -> list[cases.Group]:
-    """One group per mode: every selected layer, timed interleaved (``fwd`` only with ``quick``)."""
+    """One group per mode: every selected layer, timed interleaved (``fwd`` only with ``quick``). Building a
+    group's layers also records their trainable parameter counts in its rows."""
     shp = shape(dev)
     specs = selected(dev, scope)
     out = []
     for mode in (("fwd",) if scope == "quick" else MODES):
-        out.append(cases.Group(f"layer {shp.label} {roofline.dtype_name(shp.dtype)} {mode}",
-                               {s.label: fields(s, mode, shp) for s in specs},
-                               lambda mode=mode: {s.label: build(s, mode, dev, shp)[0] for s in specs}))
+        rows = {s.label: fields(s, mode, shp) for s in specs}
+
+        def build_all(mode=mode, rows=rows):
+            fns = {}
+            for s in specs:
+                fns[s.label], rows[s.label]["params"] = build(s, mode, dev, shp)
+            return fns
+        out.append(cases.Group(f"layer {shp.label} {roofline.dtype_name(shp.dtype)} {mode}", rows, build_all))
     return out
 
 
@@ -143,11 +149,6 @@ def make_layer(spec: LayerSpec, d: int, dev: torch.device, dtype: torch.dtype, s
     return layer
 
 
-def parameter_count(spec: LayerSpec, d: int) -> int:
-    """Trainable parameters of ``spec``'s adapter on a d -> d layer."""
-    return sum(p.numel() for p in trainable(make_layer(spec, d, torch.device("cpu"), torch.float32)))
-
-
 def trainable(layer: nn.Module) -> list[nn.Parameter]:
     return [p for p in layer.parameters() if p.requires_grad]
 
@@ -171,10 +172,9 @@ def build(spec: LayerSpec, mode: str, dev: torch.device, shp: LayerShape,
 
 
 def fields(spec: LayerSpec, mode: str, shp: LayerShape) -> dict:
-    """A layer row's fields other than timing (bytes and FLOPs: roofline.py)."""
+    """A layer row's fields other than timing and parameter count (bytes and FLOPs: roofline.py)."""
     return {
         "suite": "layer", "op": "linear", "provider": spec.label, "backend": spec.method or "", "mode": mode,
-        "params": parameter_count(spec, shp.d),
         "dtype": roofline.dtype_name(shp.dtype), "shape": shp.label,
         "bytes": roofline.layer_bytes(shp.tokens, shp.d, shp.d, shp.dtype.itemsize, shp.dtype.itemsize, mode),
         "flops": roofline.layer_flops(shp.tokens, shp.d, shp.d, mode),

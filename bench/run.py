@@ -65,8 +65,10 @@ def select_groups(dev, scope: str, k: str | None) -> list[cases.Group]:
 
 def measure(groups: list[cases.Group], dev, rounds: int, visit_s: float) -> list[tuple[dict, timing.Timing, float]]:
     """Every group interleaved, with a progress bar (tqdm) naming the case and the time left."""
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:  # an environment without the bench extra (a GPU image): one line per case instead
+        tqdm = _PlainProgress
     load = meta.CpuLoad()
     out = []
     total = sum(len(g.fields) for g in groups)
@@ -80,6 +82,23 @@ def measure(groups: list[cases.Group], dev, rounds: int, visit_s: float) -> list
             out += [(g.fields[p], timings[p], others) for p in g.fields]
             bar.update(len(g.fields))
     return out
+
+
+class _PlainProgress:
+    def __init__(self, total: int, file, **_) -> None:
+        self.total, self.done, self.file = total, 0, file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_) -> None:
+        pass
+
+    def set_description(self, text: str) -> None:
+        print(f"[{self.done}/{self.total}] {text}", file=self.file, flush=True)
+
+    def update(self, n: int) -> None:
+        self.done += n
 
 
 def publish(rows: list[dict], out: Path, stem: str, readme: Path | None) -> tuple[str, list[Path]]:

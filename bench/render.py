@@ -143,13 +143,15 @@ def headline(rows: list[dict], before: float | None = None) -> str:
         lines += ["", f"Ops ({', '.join(shapes)}): µs, and time ÷ baseline (< 1: faster than it)", "",
                   "| op | fwd µs | ÷ torch | ÷ LoRA r16 | ÷ C3A | fwd+bwd µs | ÷ torch | ÷ LoRA r16 | ÷ C3A |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for (op, shape, dtype), group in _groups(ops, lambda r: (r["op"], r["shape"], r["dtype"])).items():
+        cases = _groups(ops, lambda r: (r["op"], r["shape"], r["dtype"]))
+        per_op = len(cases) > len({op for op, _, _ in cases})  # --full: several shapes of one op
+        for (op, shape, dtype), group in cases.items():
             cells = []
             for mode in ("fwd", "full"):
                 by = {r["provider"]: r for r in group if r["mode"] == mode}
                 me = by.get("auto") or by.get("fft")
                 cells += [_est(me), _vs(me, by.get("torch")), _vs(me, by.get("lora-r16")), _vs(me, by.get("peft-c3a"))]
-            label = f"{op} {shape.split(' ', 1)[1]}" if " " in shape else op
+            label = f"{op} {shape} {dtype}" if per_op else f"{op} {shape.split(' ', 1)[1]}" if " " in shape else op
             auto = next((r for r in group if r["provider"] == "auto"), None)
             label += f" (→ {auto['backend']})" if auto else ""
             lines.append(f"| {label} | " + " | ".join(cells) + " |")

@@ -39,7 +39,8 @@ to cost no more than 1.10× the frozen layer.
   one (the default shapes' tensors are about that size and stay in cache; the faster copy counts); bytes = read +
   written = 2 × the buffer; best of several timed copies;
 - matmul rate, per dtype: ``a @ b`` of two square n × n matrices (n = 8192 on GPU; on CPU n = 2048 and 768, the
-  faster counts), ``2·n³`` FLOPs; best of several. A row uses the rate of its own dtype (fp32 rows: PyTorch's default fp32 matmul precision).
+  faster counts), ``2·n³`` FLOPs; best of several. A row uses the rate of its own dtype (fp32 rows: PyTorch's
+  default fp32 matmul precision).
 
 **Floor and × floor**: ``floor = max(bytes / copy bandwidth, FLOPs / matmul rate)``; ``x_floor = robust estimate /
 floor`` (bench/timing.py). The FFT's FLOPs run on vector units, not the matrix units the matmul rate measures, so

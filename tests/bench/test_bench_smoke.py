@@ -6,7 +6,7 @@ complete rows, the CSV migrates and appends, and render.py turns a synthetic CSV
 from __future__ import annotations
 
 import csv
-import json
+import sys
 
 import pytest
 import torch
@@ -247,6 +247,30 @@ def test_interleaved_shuffles_and_remeasures(monkeypatch):
     assert timing.interleaved({"a": lambda: 0}, CPU, rounds=4)["a"].rounds == 8
 
 
+def test_gpu_path_uses_do_bench(monkeypatch):
+    """On a GPU every visit is one ``triton.testing.do_bench`` call with quantiles (min, p20, median, p80, in ms),
+    interleaved like the CPU path (no GPU here: do_bench and the synchronisation are stand-ins)."""
+    import types
+
+    calls = []
+
+    def do_bench(fn, warmup, rep, quantiles):
+        calls.append((fn(), warmup, rep, tuple(quantiles)))
+        base = {"a": 1.0, "b": 2.0}[calls[-1][0]]
+        return [base, base * 1.1, base * 1.2, base * 1.5]
+
+    triton = types.ModuleType("triton")
+    triton.testing = types.SimpleNamespace(do_bench=do_bench)
+    monkeypatch.setitem(sys.modules, "triton", triton)
+    monkeypatch.setitem(sys.modules, "triton.testing", triton.testing)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    out = timing.interleaved({"a": lambda: "a", "b": lambda: "b"}, torch.device("cuda"), rounds=3, visit_s=0.02)
+    assert {c[1:] for c in calls} == {(5.0, 20.0, (0.0, 0.2, 0.5, 0.8))}  # warm-up ms, rep ms, quantiles
+    assert sorted(c[0] for c in calls) == ["a"] * 3 + ["b"] * 3
+    assert out["a"].timer == "do_bench" and out["a"].robust_s == pytest.approx(1e-3)
+    assert out["b"].median_s == pytest.approx(2.4e-3) and out["b"].p80_s == pytest.approx(3e-3)
+
+
 def test_below_floor_and_best_ceilings():
     slow = roofline.Ceilings(copy_gbps=5.0, matmul_tflops={"float32": 0.1})
     fast = roofline.Ceilings(copy_gbps=8.0, matmul_tflops={"float32": 0.05, "bfloat16": 0.2})
@@ -285,7 +309,9 @@ def test_main_command_writes_only_where_told(tmp_path, monkeypatch, capsys):
         assert not published.exists() and (local / "cpu.csv").exists() and (local / "cpu-latest.md").exists()
         head, tables, files = report.index("# Headline"), report.index("| op | shape |"), report.index("Files: ")
         assert head < tables < files and "| svd k16 (→ fft) |" in report
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # without tqdm (no bench extra): plain progress lines
         assert bench_run.main(["--quick", "-k", "svd", "--device", "cpu", "--save"]) == 0
+        assert "[0/3] svd-256x768x768-k16-float32 fwd" in capsys.readouterr().err
         assert len(csvio.load(published / "cpu.csv")) == len(csvio.load(local / "cpu.csv")) == 3
         assert "| svd k16 (→ fft) |" in readme.read_text()
     finally:

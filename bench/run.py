@@ -1,6 +1,6 @@
 """Run the benchmarks on this machine's device (CUDA when available, else CPU) and print a report.
 
-    python bench/run.py            # the default run (~1.5 min on 2 CPU cores): one case per op and every adapter
+    python bench/run.py            # the default run (35–40 s on a busy 2-core CPU): one case per op, every adapter
                                    # layer; files in bench/out/ (untracked)
     python bench/run.py --full     # the whole suite: every op backend, mode and shape
     python bench/run.py --save     # publish: append to bench/results/{cpu,gpu}.csv, render the tables and plots

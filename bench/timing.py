@@ -26,10 +26,15 @@ was unusually lucky or slowed all the way through. The row's median, p20 and p80
 visits' own. The **spread** is the interquartile range of the visit minimums over the robust estimate; a case whose
 widest spread exceeds :data:`WIDE` is measured again (more rounds, pooled with the first), and a provider still
 wider than that is flagged in the tables.
+
+While timing, garbage collection is off and glibc's malloc keeps freed memory (:func:`keep_freed_memory`), so
+neither a collection nor the heap's page faults land on whichever provider happens to run at the time.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import gc
 import math
 import random
@@ -134,6 +139,24 @@ def _cuda_events(fn: Callable[[], object], visit_s: float) -> Visit:
 _cuda_events.timer = "cuda-events"
 
 
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory in the process (Linux; elsewhere a no-op returning False).
+
+    By default glibc shrinks the heap when its top is free and grows it again on the next allocation: around every
+    call of a benchmark that allocates a few MB, the pages come back as minor page faults, 0–200 per call at
+    256 × 768 depending on which provider ran before (the heap's history), and page faults cost more CPU time
+    while other processes run. That would be a property of the harness, not of the code timed, so the runner
+    switches it off for every provider alike: no trimming, no mmap below 32 MB, 64 MB of top padding."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(mallopt(option, value) == 1 for option, value in (
+        (m_trim_threshold, 2**31 - 1), (m_top_pad, 64 * 2**20), (m_mmap_threshold, 32 * 2**20)))
+
+
 def cpu_clock() -> tuple[Callable[[], float], str]:
     """The CPU clock and its name: the thread's CPU time with one torch thread, else wall time (module docstring)."""
     if torch.get_num_threads() == 1:
@@ -177,6 +200,7 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, roun
         def visit(name):
             return gpu_visit(fns[name], visit_s)
     else:
+        keep_freed_memory()
         clock, timer = cpu_clock()
         calls = {}
         for name, fn in fns.items():  # warm-up visit, which also sizes the timed ones

@@ -8,11 +8,11 @@ Asserted: the two loaded runs agree (the issue's "of each other across two loade
 not idle, so there is no idle run to hold them to), and the copies agree in all three runs. The as-is run is
 printed beside them (``-s``), with how busy other processes kept the machine. 15–40 s on 2 cores.
 
-Measured on the 2-core machine while 4 other sessions kept 1.3–1.8 of its 2 cores busy (load average 5–6): the
-asserted checks passed in 7 of 8 runs (worst: 11.6% between loaded runs, 7.1% between copies). At load average
-9–10 (5 runnable threads per core, far beyond one core of load) they passed in 2 of 5. The as-is run moved up to
-20–40% from the loaded ones in single ratios, most often surm_ops' ``auto`` forward+backward, whose own cost rises
-on a busy machine.
+Measured on the 2-core machine while 4 other sessions kept 1.5–1.8 of its 2 cores busy (load average 7–10): it
+passed 6 of 10 runs; the failures were the ``auto`` circulant forward+backward ratios 15–17% apart between the two
+loaded runs, or a copy 10–12% off. At load average 5–6, with an earlier version (loaded runs one after the other,
+glibc trimming the heap), 7 of 8. The as-is run moved up to 20–40% from the loaded ones in single ratios, most often
+surm_ops' ``auto`` forward+backward, whose own cost rises on a busy machine.
 """
 
 from __future__ import annotations

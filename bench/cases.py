@@ -6,6 +6,10 @@ A case is one structured op at one shape and dtype, applied to ``x`` of shape ``
 - every backend of :mod:`surm_ops.dispatch` that can run the case on the device (``fft`` and ``dense`` on CPU;
   ``triton``/``cuda`` join on a GPU once they exist), called through the public function, and ``"auto"`` (whatever
   dispatch picks);
+- ``"torch"``: the raw torch calls of the reference path under the ``fft`` backend (rfft, multiply, irfft; the
+  factored matmuls for Kronecker and SVD) with its own backward, without surm_ops' validation, dispatch and
+  ``autograd.Function``: the floor of the reference path, which ``fft`` should stay within 10% of on CPU
+  (performance.md §3);
 - dense LoRA ``"lora-r{r}"``: ``y = (x @ A.T) @ B.T`` with A ``(r, n_in)`` and B ``(n_out, r)``, at r = 8, 16, 32
   and at the rank with the op's parameter count, ``r = max(1, round(params / (n_in + n_out)))``;
 - ``"peft-c3a"`` (circulant and block-circulant cases, when ``peft`` is importable): the update PEFT's C3A layer
@@ -21,9 +25,10 @@ Dtypes: x and g in the case's dtype; the op's parameters and PEFT's kernel in fl
 design §2.2), LoRA's factors in x's dtype (LoRA's fastest form). Inputs are seeded: every provider of a case sees
 the same x and g, so ratios within a case compare like with like.
 
-Sets: on CPU the short default (256 tokens, float32, plus one bfloat16 case); on a GPU performance.md §3's shapes
-(16384 tokens, bfloat16 and float32, plus a 16-token call). ``SURM_BENCH_QUICK=1`` keeps three cases (smoke runs);
-``SURM_BENCH_DEVICE=cpu|cuda`` overrides the device (default: CUDA when available).
+Scopes (:func:`groups`): ``full`` is the whole suite, every provider in every mode: on CPU 256 tokens, float32, plus
+one bfloat16 case; on a GPU performance.md §3's shapes (16384 tokens, bfloat16 and float32, plus a 16-token call).
+``default`` (the main command) is one case per op at the main shape with ``auto``, ``torch``, LoRA r16 and PEFT
+C3A, forward and forward+backward; ``quick`` three cases, forward only (a smoke run).
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,19 +46,7 @@ from bench import roofline
 from surm_ops import dispatch
 
 LORA_RANKS = (8, 16, 32)
-QUICK_ENV = "SURM_BENCH_QUICK"
-DEVICE_ENV = "SURM_BENCH_DEVICE"
 PEFT_OPS = ("circulant", "block_circulant")
-
-
-def quick() -> bool:
-    return os.environ.get(QUICK_ENV, "") not in ("", "0")
-
-
-def device() -> torch.device:
-    """``SURM_BENCH_DEVICE`` if set, else CUDA when available, else CPU."""
-    name = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def peft_available() -> bool:
@@ -106,7 +98,7 @@ class Case:
                     and not (b == "triton" and dev.type != "cuda")]
         ranks = sorted({*LORA_RANKS, self.lora_eq_rank})
         peft = ("peft-c3a",) if self.name in PEFT_OPS and peft_available() else ()
-        return (*backends, "auto", *(f"lora-r{r}" for r in ranks), *peft)
+        return (*backends, "auto", "torch", *(f"lora-r{r}" for r in ranks), *peft)
 
     def provider_params(self, provider: str) -> int:
         """Trainable parameters of a provider: the op's, or LoRA's ``r * (n_in + n_out)``."""
@@ -168,7 +160,7 @@ def svd(n_out: int, n_in: int, k: int) -> Case:
 _CPU_FP32 = (circulant(64), circulant(768), block_circulant(768, 768, 64), skew_circulant(64), skew_circulant(768),
              toeplitz(768, 768), ldr(768, 2), kronecker(24, 32, 32, 24), svd(768, 768, 16))
 CPU_CASES: tuple[Case, ...] = (*_CPU_FP32, circulant(768).with_(dtype=torch.bfloat16))
-"""The CPU default: 256 tokens, float32, and the 768 circulant once more in bfloat16."""
+"""The whole CPU suite (``--full``): 256 tokens, float32, and the 768 circulant once more in bfloat16."""
 
 GPU_TOKENS = 16384
 _GPU_SHAPES = (circulant(1024), circulant(4096), circulant(8192), circulant(3072),
@@ -177,20 +169,79 @@ _GPU_SHAPES = (circulant(1024), circulant(4096), circulant(8192), circulant(3072
 GPU_CASES: tuple[Case, ...] = tuple(
     c.with_(tokens=GPU_TOKENS, dtype=dt) for dt in (torch.bfloat16, torch.float32) for c in _GPU_SHAPES
 ) + (circulant(4096).with_(tokens=16, dtype=torch.bfloat16),)
-"""performance.md §3: 16384 tokens, bfloat16 and float32; d = 3072 (a multiple of 64, not a power of two); C3A's
-block-circulant shapes; and a 16-token call (the small-batch target)."""
+"""The whole GPU suite: performance.md §3's shapes at 16384 tokens, bfloat16 and float32; d = 3072 (a multiple of
+64, not a power of two); C3A's block-circulant shapes; and a 16-token call (the small-batch target)."""
 
-QUICK_IDS = ("circulant-256x64x64-float32", "block_circulant-256x768x768-b64-float32", "svd-256x768x768-k16-float32",
-             "circulant-16384x4096x4096-bfloat16", "block_circulant-16384x3072x3072-b64-bfloat16",
-             "svd-16384x4096x4096-k16-bfloat16")
-"""The cases kept when ``SURM_BENCH_QUICK=1``: three per device."""
+HEADLINE_IDS = {
+    "cpu": ("circulant-256x768x768-float32", "block_circulant-256x768x768-b64-float32",
+            "skew_circulant-256x768x768-float32", "toeplitz-256x768x768-float32", "ldr-256x768x768-r2-float32",
+            "kronecker-256x768x768-24x32kron32x24-float32", "svd-256x768x768-k16-float32"),
+    "cuda": ("circulant-16384x4096x4096-bfloat16", "block_circulant-16384x3072x3072-b64-bfloat16",
+             "skew_circulant-16384x4096x4096-bfloat16", "toeplitz-16384x4096x4096-bfloat16",
+             "ldr-16384x4096x4096-r2-bfloat16", "kronecker-16384x4096x4096-64x64kron64x64-bfloat16",
+             "svd-16384x4096x4096-k16-bfloat16"),
+}
+"""The default run: one case per structured op at the suite's main shape."""
+HEADLINE_PROVIDERS = ("auto", "torch", "lora-r16", "peft-c3a")
+"""The default run's providers: what a user calls, the raw reference path under it, and the two baselines."""
+HEADLINE_MODES = ("fwd", "full")
+
+QUICK_IDS = {"cpu": ("circulant-256x64x64-float32", "block_circulant-256x768x768-b64-float32",
+                     "svd-256x768x768-k16-float32"),
+             "cuda": ("circulant-16384x4096x4096-bfloat16", "block_circulant-16384x3072x3072-b64-bfloat16",
+                      "svd-16384x4096x4096-k16-bfloat16")}
+"""``--quick`` (a smoke run): three cases per device, the default providers, forward only."""
+
+SCOPES = ("quick", "default", "full")
 
 
-def selected(dev: torch.device | None = None) -> tuple[Case, ...]:
-    """The cases to run on ``dev`` (default :func:`device`): all, or the :data:`QUICK_IDS` ones in quick mode."""
-    dev = dev or device()
-    cases = GPU_CASES if dev.type == "cuda" else CPU_CASES
-    return tuple(c for c in cases if c.id in QUICK_IDS) if quick() else cases
+def selected(dev: torch.device, scope: str = "default") -> tuple[Case, ...]:
+    """The cases of ``scope`` on ``dev``: ``full`` is the whole suite, ``default`` one case per op, ``quick`` three."""
+    kind = "cuda" if dev.type == "cuda" else "cpu"
+    suite = GPU_CASES if kind == "cuda" else CPU_CASES
+    if scope == "full":
+        return suite
+    ids = QUICK_IDS[kind] if scope == "quick" else HEADLINE_IDS[kind]
+    return tuple(c for c in suite if c.id in ids)
+
+
+@dataclass(frozen=True)
+class Group:
+    """What one interleaved measurement times: the providers of one case and mode.
+
+    ``fields[provider]`` is that provider's row before timing (op, shape, bytes, FLOPs, ...); ``build()`` makes
+    the callables, ``{provider: fn}``, only when the group is about to be timed (inputs are allocated then), and
+    may complete ``fields`` with what only the built callables know (a layer's parameter count)."""
+
+    label: str
+    fields: dict[str, dict]
+    build: Callable[[], dict[str, Callable[[], object]]]
+
+
+def groups(dev: torch.device, scope: str = "default") -> list[Group]:
+    """The op groups of ``scope``: every provider and mode with ``full``; the headline providers (those that can
+    run the case) in ``fwd`` and ``full`` otherwise (``fwd`` only with ``quick``)."""
+    out = []
+    for case in selected(dev, scope):
+        providers = case.providers(dev)
+        if scope != "full":
+            providers = tuple(p for p in providers if p in HEADLINE_PROVIDERS)
+        modes = roofline.MODES if scope == "full" else ("fwd",) if scope == "quick" else HEADLINE_MODES
+        backend = resolved_backend(case, dev)
+        for mode in modes:
+            fields = {p: row_fields(case, p, mode, backend) for p in providers}
+            out.append(Group(f"{case.id} {mode}", fields,
+                             lambda case=case, mode=mode, providers=providers:
+                             {p: build(case, p, mode, dev) for p in providers}))
+    return out
+
+
+def row_fields(case: Case, provider: str, mode: str, auto_backend: str) -> dict:
+    """A row's fields other than timing: what was run and the bytes and FLOPs it is charged (roofline.py)."""
+    return {"suite": "op", "op": case.name, "provider": provider, "mode": mode, "dtype": case.dtype_name,
+            "shape": case.shape, "backend": auto_backend if provider == "auto" else provider,
+            "params": case.provider_params(provider), "bytes": case.bytes_moved(provider, mode),
+            "flops": case.flops(provider, mode)}
 
 
 def _randn(shape, seed: int, dev: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -244,6 +295,14 @@ def build(case: Case, provider: str, mode: str, dev: torch.device, seed: int = 0
         if case.name not in PEFT_OPS:
             raise ValueError(f"peft-c3a runs circulant and block-circulant cases only; got {case.id}")
         forward, params = _peft_c3a(case, params)
+    elif provider == "torch":
+        impl = dispatch.select(case.fn, "fft", x, params)
+        if mode == "fwd":
+            return lambda: impl.forward(x, *params)
+        needs = [True] * (1 + len(params))
+        if mode == "bwd":
+            return lambda: impl.backward(g, x, *params, needs)
+        return lambda: impl.backward(g, x, *params, needs) if impl.forward(x, *params) is not None else None
     elif provider == "auto" or provider in dispatch.BACKENDS:
         op = getattr(surm_ops, case.fn)
 

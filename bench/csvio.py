@@ -7,7 +7,12 @@ taken within one run (bench/render.py). Rows from before a column existed leave 
 Columns: date, commit, device; copy_gbps and matmul_tflops (the ceilings measured in that run, the matmul rate for
 the row's dtype); torch, triton, cuda (versions; empty when absent), threads; suite (``op`` or ``layer``), op,
 provider, backend (what ``auto`` resolved to; the method for layers), dtype, shape, mode; median_us, p20_us,
-p80_us, timer; params (trainable elements); bytes, flops (bench/roofline.py), gbps, gflops, floor_us, x_floor.
+p80_us, timer; params (trainable elements); bytes, flops (bench/roofline.py), gbps, gflops, floor_us, x_floor;
+robust_us (the estimate ratios, GB/s and × floor use: bench/timing.py), spread, rounds; others_cores (cores other
+processes kept busy while the row's case was measured); flags (``wide``, ``below-floor``); ceiling_drift (the largest
+relative difference between a ceiling measured at the start of the run and again at its end; the rows use the
+higher of the two). Rows from before the
+robust estimate have an empty robust_us, and ratios of them use median_us.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ from pathlib import Path
 
 COLUMNS = ("date", "commit", "device", "copy_gbps", "matmul_tflops", "torch", "triton", "cuda", "threads",
            "suite", "op", "provider", "backend", "dtype", "shape", "mode", "median_us", "p20_us", "p80_us", "timer",
-           "params", "bytes", "flops", "gbps", "gflops", "floor_us", "x_floor")
+           "params", "bytes", "flops", "gbps", "gflops", "floor_us", "x_floor",
+           "robust_us", "spread", "rounds", "others_cores", "flags", "ceiling_drift")
 NUMERIC = ("copy_gbps", "matmul_tflops", "threads", "median_us", "p20_us", "p80_us", "params", "bytes", "flops",
-           "gbps", "gflops", "floor_us", "x_floor")
+           "gbps", "gflops", "floor_us", "x_floor", "robust_us", "spread", "rounds", "others_cores",
+           "ceiling_drift")
 _FORMATS = {"copy_gbps": "{:.2f}", "matmul_tflops": "{:.4g}", "median_us": "{:.3f}", "p20_us": "{:.3f}",
             "p80_us": "{:.3f}", "flops": "{:.0f}", "gbps": "{:.3f}", "gflops": "{:.3f}", "floor_us": "{:.3f}",
-            "x_floor": "{:.3f}"}
+            "x_floor": "{:.3f}", "robust_us": "{:.3f}", "spread": "{:.3f}", "others_cores": "{:.2f}",
+            "ceiling_drift": "{:.3f}"}
 
 
 def format_row(row: dict) -> dict:

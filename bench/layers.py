@@ -86,10 +86,29 @@ def shape(dev: torch.device) -> LayerShape:
     return LayerShape(16384, 4096, torch.bfloat16) if dev.type == "cuda" else LayerShape(256, 768, torch.float32)
 
 
-def selected() -> tuple[LayerSpec, ...]:
+def selected(dev: torch.device, scope: str = "default") -> tuple[LayerSpec, ...]:
+    """The layers of ``scope`` (bench/cases.py's scopes): all that can run here, or the three ``quick`` ones."""
     specs = tuple(s for s in LAYERS if not (s.method or "").startswith("peft-") or cases.peft_available())
-    specs = tuple(s for s in specs if s.fused or cases.device().type == "cuda")
-    return tuple(s for s in specs if s.label in QUICK_LABELS) if cases.quick() else specs
+    specs = tuple(s for s in specs if s.fused or dev.type == "cuda")
+    return tuple(s for s in specs if s.label in QUICK_LABELS) if scope == "quick" else specs
+
+
+def groups(dev: torch.device, scope: str = "default") -> list[cases.Group]:
+    """One group per mode: every selected layer, timed interleaved (``fwd`` only with ``quick``). Building a
+    group's layers also records their trainable parameter counts in its rows."""
+    shp = shape(dev)
+    specs = selected(dev, scope)
+    out = []
+    for mode in (("fwd",) if scope == "quick" else MODES):
+        rows = {s.label: fields(s, mode, shp) for s in specs}
+
+        def build_all(mode=mode, rows=rows):
+            fns = {}
+            for s in specs:
+                fns[s.label], rows[s.label]["params"] = build(s, mode, dev, shp)
+            return fns
+        out.append(cases.Group(f"layer {shp.label} {roofline.dtype_name(shp.dtype)} {mode}", rows, build_all))
+    return out
 
 
 class _Holder(nn.Module):  # PEFT targets modules by name inside a model

@@ -54,18 +54,47 @@ def environment(device) -> dict:
             "threads": torch.get_num_threads()}
 
 
+class CpuLoad:
+    """How much CPU *other* processes use, sampled between two points of this run (Linux /proc/stat; elsewhere
+    every reading is None).
+
+    Busy CPUs make torch's threads wait for each other's next time slice, and timings swing by orders of magnitude,
+    so the runner samples this around every case, not only before the run. ``others_cores`` is the average number
+    of cores other work kept busy: all CPUs' busy time minus this process's own CPU time, over the wall time.
+
+    Example::
+
+        >>> load = CpuLoad()
+        >>> mark = load.mark()
+        >>> busy = load.others_cores(mark)   # e.g. 0.93 on a machine where a neighbour spins one core
+    """
+
+    def __init__(self) -> None:
+        self.cores = os.cpu_count() or 1
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def mark(self) -> tuple[float, float, float] | None:
+        """(wall seconds, all CPUs' busy seconds, this process's CPU seconds), or None when unreadable."""
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait; guest time is inside user
+        return time.monotonic(), busy / self._tick, time.process_time()
+
+    def others_cores(self, start, end=None) -> float | None:
+        """Cores other processes kept busy on average between ``start`` and ``end`` (default: now)."""
+        end = end or self.mark()
+        if start is None or end is None or end[0] - start[0] <= 0:
+            return None
+        others = (end[1] - start[1]) - (end[2] - start[2])
+        return min(max(others / (end[0] - start[0]), 0.0), float(self.cores))
+
+
 def cpu_busy(seconds: float) -> float | None:
-    """The fraction of CPU time other work used over ``seconds`` (sampled from /proc/stat; None off Linux): busy
-    CPUs make torch's threads wait for each other's next time slice, and timings swing by orders of magnitude."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+    """The fraction of all CPUs that other work used over the next ``seconds`` (None off Linux)."""
+    load = CpuLoad()
+    start = load.mark()
+    time.sleep(seconds)
+    cores = load.others_cores(start)
+    return None if cores is None else cores / load.cores

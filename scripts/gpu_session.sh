@@ -47,7 +47,8 @@ stage_test() {
 stage_bench() {
   # Pass SURM_BENCH_COMMIT=<sha> where the tree has no .git (the rows record it).
   export SURM_BENCH_COMMIT="${SURM_BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
-  $py bench/run.py 2>&1 | tee "$out/bench.log"
+  # --full: every case of the GPU suite; --save: into bench/results/gpu.* (copied to $out below).
+  $py bench/run.py --full --save 2>&1 | tee "$out/bench.log"
   [[ ${PIPESTATUS[0]} == 0 ]] || rc=1
   cp bench/results/gpu* "$out/" 2>/dev/null || true
 }

@@ -6,7 +6,8 @@ bench`` does (bench/timing.py: interleaved shuffled rounds, one torch thread tim
 machine is, then twice while a spinning process is pinned to core 0, each group's two loaded runs back to back.
 Asserted: the two loaded runs agree (the issue's "of each other across two loaded runs": a shared CI machine is
 not idle, so there is no idle run to hold them to), and the copies agree in all three runs. The as-is run is
-printed beside them (``-s``), with how busy other processes kept the machine. 15–40 s on 2 cores.
+printed beside them (``-s``), with how busy other processes kept the machine. 15–40 s on 2 cores (twice that when
+the first attempt misses and it measures again).
 
 Measured on the 2-core machine while 4 other sessions kept 1.5–1.8 of its 2 cores busy (load average 7–10): it
 passed 6 of 10 runs; the failures were the ``auto`` circulant forward+backward ratios 15–17% apart between the two
@@ -60,41 +61,54 @@ def _ratios(groups: list[dict], runs: int = 1) -> list[tuple[dict[str, float], d
     return out
 
 
-@pytest.mark.slow
-def test_ratios_hold_under_one_core_of_load():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as bench/run.py does by default
+def _attempt(groups) -> tuple[list[str], str]:
+    """One as-is run and two loaded runs: (the bars they miss, the report)."""
+    started = time.monotonic()
+    load = meta.CpuLoad()
+    mark = load.mark()
+    ((quiet, quiet_copies),) = _ratios(groups)
+    others = load.others_cores(mark)
+    spinner = subprocess.Popen([sys.executable, "-c", _SPIN])
     try:
-        groups = _groups()
-        started = time.monotonic()
-        load = meta.CpuLoad()
-        mark = load.mark()
-        ((quiet, quiet_copies),) = _ratios(groups)
-        others = load.others_cores(mark)
-        spinner = subprocess.Popen([sys.executable, "-c", _SPIN])
-        try:
-            time.sleep(0.2)
-            loaded_start = time.monotonic()
-            (loaded, loaded_copies), (again, again_copies) = _ratios(groups, runs=2)
-            loaded_wall = time.monotonic() - loaded_start
-        finally:
-            spinner.kill()
-            _, _, usage = os.wait4(spinner.pid, 0)
-        took = time.monotonic() - started
+        time.sleep(0.2)
+        loaded_start = time.monotonic()
+        (loaded, loaded_copies), (again, again_copies) = _ratios(groups, runs=2)
+        loaded_wall = time.monotonic() - loaded_start
     finally:
-        torch.set_num_threads(threads)
+        spinner.kill()
+        _, _, usage = os.wait4(spinner.pid, 0)
+    took = time.monotonic() - started
     report = "\n".join(f"  {k}: {quiet[k]:.3f} as is, {loaded[k]:.3f} / {again[k]:.3f} loaded" for k in quiet)
     report += "\n" + "\n".join(f"  copy {k}: {quiet_copies[k]:.3f} as is, {loaded_copies[k]:.3f} / "
                                f"{again_copies[k]:.3f} loaded" for k in quiet_copies)
     report += f"\n  other processes kept {others or 0:.1f} of {load.cores} cores busy during the as-is run"
     report += (f"\n  spinner used {usage.ru_utime:.1f} CPU-s in the loaded runs' {loaded_wall:.1f} s; "
                f"{took:.0f} s in all")
+    missed = []
     # the load was real: the spinner ran for a good part of the loaded measurements (less only where the machine
     # was already fully busy, and then it still competed with us)
-    assert usage.ru_utime > 0.2 * loaded_wall, report
-    for k in quiet:
-        assert again[k] == pytest.approx(loaded[k], rel=0.15), f"{k} differs between two loaded runs:\n{report}"
-    for k in quiet_copies:
-        for copies in (quiet_copies, loaded_copies, again_copies):
-            assert copies[k] == pytest.approx(1, abs=0.10), f"copies of {k} disagree:\n{report}"
+    if usage.ru_utime <= 0.2 * loaded_wall:
+        missed.append("the competing process barely ran")
+    missed += [f"{k} differs between two loaded runs" for k in quiet
+               if again[k] != pytest.approx(loaded[k], rel=0.15)]
+    missed += [f"copies of {k} disagree" for k in quiet_copies
+               if any(c[k] != pytest.approx(1, abs=0.10) for c in (quiet_copies, loaded_copies, again_copies))]
+    return missed, report
+
+
+@pytest.mark.slow
+def test_ratios_hold_under_one_core_of_load():
+    """Measured twice at most, as the runner re-measures a wide case: a burst of outside load during one attempt
+    is the machine's noise; a method whose ratios move under load misses in both attempts."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as bench/run.py does by default
+    try:
+        groups = _groups()
+        missed, report = _attempt(groups)
+        if missed:
+            print(f"attempt 1 missed: {missed}\n{report}")
+            missed, report = _attempt(groups)
+    finally:
+        torch.set_num_threads(threads)
+    assert not missed, f"{missed}\n{report}"
     print(report)

@@ -9,7 +9,7 @@ A case is one structured op at one shape and dtype, applied to ``x`` of shape ``
 - ``"torch"``: the raw torch calls of the reference path under the ``fft`` backend (rfft, multiply, irfft; the
   factored matmuls for Kronecker and SVD) with its own backward, without surm_ops' validation, dispatch and
   ``autograd.Function``: the floor of the reference path, which ``fft`` should stay within 10% of on CPU
-  (performance.md §3);
+  (docs/performance.md §3);
 - dense LoRA ``"lora-r{r}"``: ``y = (x @ A.T) @ B.T`` with A ``(r, n_in)`` and B ``(n_out, r)``, at r = 8, 16, 32
   and at the rank with the op's parameter count, ``r = max(1, round(params / (n_in + n_out)))``;
 - ``"peft-c3a"`` (circulant and block-circulant cases, when ``peft`` is importable): the update PEFT's C3A layer
@@ -22,11 +22,11 @@ Modes (roofline.MODES): ``"fwd"`` is the forward under ``torch.no_grad()``; ``"b
 ``y.backward(g)`` without ``.grad`` accumulating between rounds.
 
 Dtypes: x and g in the case's dtype; the op's parameters and PEFT's kernel in float32 (the adapter convention,
-design §2.2), LoRA's factors in x's dtype (LoRA's fastest form). Inputs are seeded: every provider of a case sees
-the same x and g, so ratios within a case compare like with like.
+docs/contract.md §2.2), LoRA's factors in x's dtype (LoRA's fastest form). Inputs are seeded: every provider of a
+case sees the same x and g, so ratios within a case compare like with like.
 
 Scopes (:func:`groups`): ``full`` is the whole suite, every provider in every mode: on CPU 256 tokens, float32, plus
-one bfloat16 case; on a GPU performance.md §3's shapes (16384 tokens, bfloat16 and float32, plus a 16-token call).
+one bfloat16 case; on a GPU docs/performance.md §3's shapes (16384 tokens, bfloat16 and float32, plus a 16-token call).
 ``default`` (the main command) is one case per op at the main shape with ``auto``, ``torch``, LoRA r16 and PEFT
 C3A, forward and forward+backward; ``quick`` three cases, forward only (a smoke run).
 """
@@ -169,7 +169,7 @@ _GPU_SHAPES = (circulant(1024), circulant(4096), circulant(8192), circulant(3072
 GPU_CASES: tuple[Case, ...] = tuple(
     c.with_(tokens=GPU_TOKENS, dtype=dt) for dt in (torch.bfloat16, torch.float32) for c in _GPU_SHAPES
 ) + (circulant(4096).with_(tokens=16, dtype=torch.bfloat16),)
-"""The whole GPU suite: performance.md §3's shapes at 16384 tokens, bfloat16 and float32; d = 3072 (a multiple of
+"""The whole GPU suite: docs/performance.md §3's shapes at 16384 tokens, bfloat16 and float32; d = 3072 (a multiple of
 64, not a power of two); C3A's block-circulant shapes; and a 16-token call (the small-batch target)."""
 
 HEADLINE_IDS = {

@@ -10,7 +10,7 @@ element (x's dtype: 4 for float32, 2 for bfloat16), ``P`` parameter elements and
 - ``fwd``: read x, write y, read the parameters: ``e·B·(n_in + n_out) + pe·P``;
 - ``bwd``: read the output gradient g and x, write ∂x, read the parameters and write their gradients:
   ``e·B·(n_out + 2·n_in) + 2·pe·P``;
-- ``full`` = fwd + bwd. At n_in = n_out = d in bfloat16 (parameters aside) that is performance.md's 4·B·d, 6·B·d
+- ``full`` = fwd + bwd. At n_in = n_out = d in bfloat16 (parameters aside) that is docs/performance.md's 4·B·d, 6·B·d
   and 10·B·d.
 
 **FLOPs** (forward, per token, of the cheapest known algorithm for the *op*; :func:`op_flops`): a real FFT of
@@ -30,7 +30,7 @@ Backward counts 2× the forward (∂x and ∂parameters each cost about one forw
 read x and W0, write y, ``e·B·(n_in + n_out) + w·n_in·n_out`` bytes (w = bytes per weight element) and
 ``2·B·n_in·n_out`` FLOPs; a training step adds the backward for ∂x (read g and W0, write ∂x):
 ``e·B·(n_out + n_in) + w·n_in·n_out`` bytes and another ``2·B·n_in·n_out`` FLOPs. The adapter's own work is not
-added: for an O(n)-parameter update it is small next to the frozen GEMM, and the target (performance.md §3.5) is
+added: for an O(n)-parameter update it is small next to the frozen GEMM, and the target (docs/performance.md §3.5) is
 to cost no more than 1.10× the frozen layer.
 
 **Ceilings** (:func:`measure_ceilings`), measured in the same process, on the same device, before and after the rows:

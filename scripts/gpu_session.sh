@@ -6,7 +6,7 @@
 #   bash scripts/gpu_session.sh build    # CUDA wheel from a clean copy (timed), installed in a fresh venv, imported;
 #                                        # then the in-place extension the tests and benchmarks use
 #   bash scripts/gpu_session.sh test     # every gpu-marked test: each op x backend x dtype vs the float64 oracle
-#   bash scripts/gpu_session.sh bench    # the benchmark suite at performance.md's shapes -> bench/results/gpu.*
+#   bash scripts/gpu_session.sh bench    # the benchmark suite at docs/performance.md's shapes -> bench/results/gpu.*
 #
 # Stages can be chained (`build test`); a later call on a fresh machine must run `build` again first.
 set -uo pipefail

@@ -15,7 +15,7 @@ import torch
 
 
 def compute_dtype(*ts: torch.Tensor) -> torch.dtype:
-    """float64 if any argument is float64, else float32: half inputs are computed in float32 (design §2.2)."""
+    """float64 if any argument is float64, else float32: half inputs are computed in float32 (docs/contract.md §2.2)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
 

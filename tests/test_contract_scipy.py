@@ -1,6 +1,6 @@
 """Black-box contract tests for the public ``surm_ops`` API, with scipy/numpy as the oracle.
 
-Written against design.md §2 (contracts) and §3 (tests) only, without reading the implementation.
+Written against docs/contract.md §2 (contracts) and §3 (tests) only, without reading the implementation.
 Every structured matrix M is rebuilt here in float64 with scipy.linalg.circulant / scipy.linalg.toeplitz /
 np.kron / explicit numpy, and each op must compute ``y = x @ M.T``.
 
@@ -449,7 +449,8 @@ def test_half_x_float32_params(case, backend, dtype):
     # half matmul does, and is held to the bar above): no worse than rounding the exact result (allow rare double
     # rounding)
     e_round = rel_l2(torch.from_numpy(y_want).to(dtype), y_want)
-    assert backend == "triton" or e_y <= 1.25 * e_round + 1e-6, f"forward rel err {e_y:.3e} vs one rounding of the exact result {e_round:.3e}"
+    assert backend == "triton" or e_y <= 1.25 * e_round + 1e-6, \
+        f"forward rel err {e_y:.3e} vs one rounding of the exact result {e_round:.3e}"
 
     y.backward(Gh)
     assert tx.grad.dtype == dtype, f"x.grad dtype {tx.grad.dtype}"
@@ -520,7 +521,8 @@ def test_leading_dims(case, lead, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("s_shape", [(2, 3, 4), (1, 3, 4), (3, 4), (2, 1, 4), (4,)], ids=lambda s: "s" + "x".join(map(str, s)))
+@pytest.mark.parametrize("s_shape", [(2, 3, 4), (1, 3, 4), (3, 4), (2, 1, 4), (4,)],
+                         ids=lambda s: "s" + "x".join(map(str, s)))
 def test_svd_per_token_s_broadcast(s_shape, backend):
     case = svd(6, 5, 4, per_token=True, T=1)
     p = per_token_params(case, s_shape)
@@ -780,7 +782,7 @@ def test_forced_gpu_backend_on_cpu_raises_with_reasons(case, forced, record_prop
         assert len(msg) >= 20 and (forced in msg.lower() or "cpu" in msg.lower()), f"uninformative: {msg!r}"
         return
     if forced == "triton" and _triton_can_interpret():
-        # TRITON_INTERPRET=1 lets Triton run on CPU tensors (design.md §3); then it must be right.
+        # TRITON_INTERPRET=1 lets Triton run on CPU tensors (docs/contract.md §3); then it must be right.
         assert_close64(y, case.apply(x.numpy(), {k: v.numpy() for k, v in tp.items()}), "triton interpreted",
                        rtol=1e-5)
         return

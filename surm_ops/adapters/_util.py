@@ -24,7 +24,7 @@ def check_choice(method: str, name: str, value: str, choices: tuple[str, ...]) -
 
 
 def pad_features(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Zero-pad the last dimension of x to n (the truncated rectangular form, methods.md §1.2(a))."""
+    """Zero-pad the last dimension of x to n (the truncated rectangular form, docs/methods.md §1.2(a))."""
     return x if x.shape[-1] == n else F.pad(x, (0, n - x.shape[-1]))
 
 

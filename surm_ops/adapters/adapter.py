@@ -1,4 +1,4 @@
-"""The SURM *Adapter* form (methods.md §1.3): a bottleneck adapter whose down-projection, activation and
+"""The SURM *Adapter* form (docs/methods.md §1.3): a bottleneck adapter whose down-projection, activation and
 up-projection become one square structured layer.
 
 ``adapter(h) = h + GELU(M · drop(h)) + bias`` where ``h = module(x)`` is the wrapped module's output, shape
@@ -15,7 +15,7 @@ kronecker      ``B ⊗ A``, A (f, n/f), B (n/f, f)               A Kaiming-unifo
 
 (the parameter counts include the bias, n). With M = 0, ``GELU(0) = 0`` and bias = 0 the adapter is exactly the
 identity at init, and ``GELU'(0) = 1/2`` keeps the gradient of the zero factor nonzero (no dead initialisation,
-methods.md §1.4.3). Unlike the LoRA-style layers, M carries no extra scaling (methods.md §1.3 has none).
+docs/methods.md §1.4.3). Unlike the LoRA-style layers, M carries no extra scaling (docs/methods.md §1.3 has none).
 
 The adapter is nonlinear, so it cannot be merged into a weight: :meth:`SURMAdapter.merge` raises ``RuntimeError``,
 and :meth:`SURMAdapter.unmerge` is a no-op (an adapter is never merged), as for every non-mergeable method.

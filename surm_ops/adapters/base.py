@@ -132,7 +132,7 @@ class AdaptedLinear(nn.Module):
             super().__setattr__(name, value)
 
     def param_dtype(self) -> torch.dtype:
-        """float32 adapters on half models (design §2.2): the update is computed in float32, cast once."""
+        """float32 adapters on half models (docs/contract.md §2.2): the update is computed in float32, cast once."""
         return adapter_dtype(self.base.weight.dtype)
 
     def _apply(self, fn, recurse=True):
@@ -167,7 +167,7 @@ class AdaptedLinear(nn.Module):
         raise NotImplementedError
 
     def expected_parameters(self) -> int:
-        """The trainable parameter count methods.md gives for this layer's shape."""
+        """The trainable parameter count docs/methods.md gives for this layer's shape."""
         raise NotImplementedError
 
     @torch.no_grad()

@@ -1,6 +1,6 @@
 """SURM circulant update: ``dW = C(c)`` or, factored (the authors' default), ``dW = C(a * b)``.
 
-Rectangular layers (our choice, methods.md §1.2): ``layout="truncated"`` uses one n x n circulant with
+Rectangular layers (our choice, docs/methods.md §1.2): ``layout="truncated"`` uses one n x n circulant with
 n = max(d_in, d_out), x zero-padded to n and the first d_out outputs kept; ``layout="block"`` uses a
 (d_out/b) x (d_in/b) grid of independent b x b circulants (PEFT C3A's layout).
 """

@@ -1,7 +1,7 @@
 """CondLoRA (Kim et al., LREC-COLING 2024, arXiv 2403.14946): one linear map per module type, shared by every layer
 of that type, turns each layer's frozen weight W_l into its LoRA factors; ``dW_l = (alpha / r) B_l A_l``.
 
-Forms (methods.md §3), with W_l of shape (d_out, d_in):
+Forms (docs/methods.md §3), with W_l of shape (d_out, d_in):
 
 * ``form="rectangular"`` (our choice, any shape): ``A_l = Theta_A W_l`` with Theta_A (r, d_out) and
   ``B_l = W_l Theta_B`` with Theta_B (d_in, r); r (d_in + d_out) parameters per module type.

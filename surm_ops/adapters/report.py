@@ -52,7 +52,7 @@ def trainable_parameters(model: nn.Module) -> tuple[list[tuple[str, int]], int]:
     return rows, sum(count for _, count in rows)
 
 def parameter_report(model: nn.Module) -> str:
-    """A table of trainable parameters per adapted layer against the methods.md formula, with the total::
+    """A table of trainable parameters per adapted layer against the docs/methods.md formula, with the total::
 
         layer                                 method     trainable  expected
         encoder.layer.0.attention.self.query  circulant         64        64

@@ -128,7 +128,7 @@ def _layers(model: nn.Module) -> list[tuple[str, RMLoRALinear]]:
 def orthogonality_loss(model: nn.Module) -> torch.Tensor:
     """``R = (1/N) sum_l ( ||A_l A_l^T - I_r||_F + ||B_l^T B_l - I_r||_F )`` over the model's RM-LoRA layers.
 
-    Our reading of methods.md §2 ("averaged over the N matrices"): N counts *matrices*, two per layer (A and B), so
+    Our reading of docs/methods.md §2 ("averaged over the N matrices"): N counts *matrices*, two per layer (A and B), so
     N = 2 x the number of layers; this is also what the AdaLoRA ``compute_orth_regu`` that RM-LoRA builds on does
     (one count per ``lora_A`` / ``lora_B`` parameter). The norm is the plain, non-squared Frobenius norm. Returns a
     scalar in the adapters' dtype, differentiable in every A and B (``gamma`` is not applied: see

@@ -1,7 +1,7 @@
 """SARA and Mo-SARA (Gu et al., arXiv 2408.03290): the rank of each layer's update is read off the spectrum of its
 own frozen weight, once, at initialisation.
 
-Rank rule (methods.md §4): with ``W0 = U diag(sigma) V^T``, sigma descending,
+Rank rule (docs/methods.md §4): with ``W0 = U diag(sigma) V^T``, sigma descending,
 ``k = min{ i : sum_{j<=i} sigma_j >= threshold * sum_j sigma_j }`` (the smallest head of the spectrum holding a
 ``threshold`` fraction of the nuclear norm), capped at ``max_rank``. One global threshold for the whole model, or
 (our choice) the threshold that fits a parameter budget: :func:`thresholds_for_budget` / :func:`ranks_for_budget`.

@@ -26,7 +26,7 @@ MAX_RADIX = 127
 MAX_BUFFER = 1024 * 12
 TWIDDLE_LO = 64
 COMPLEX_BYTES = 8
-# The automatic-mode rule from shared/performance.md §1, a prediction and not a measurement (nothing here has run
+# The automatic-mode rule from docs/performance.md §1, a prediction and not a measurement (nothing here has run
 # on a GPU yet): up to this many features dense tiles generated on the fly (Triton) beat the fused FFT, which wins
 # from about 2048 on.
 DENSE_MAX_FEATURES = 1024
@@ -129,7 +129,7 @@ def _why_not(x: torch.Tensor, params, shape: Shape) -> list[str]:
 def _skip_auto(n_in: int, n_out: int) -> str | None:
     if max(n_in, n_out) <= DENSE_MAX_FEATURES:
         return (f"n = {max(n_in, n_out)} <= {DENSE_MAX_FEATURES}: dense tiles generated on the fly are predicted "
-                "faster than the fused FFT (shared/performance.md; a prediction, not a measurement)")
+                "faster than the fused FFT (docs/performance.md; a prediction, not a measurement)")
     return None
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from surm_ops import dispatch
 
-# Generated tiles cost 2 n FLOPs per output element on tensor cores; performance.md §1 puts that at n/527 times the
+# Generated tiles cost 2 n FLOPs per output element on tensor cores; docs/performance.md §1 puts that at n/527 times the
 # H100 memory floor, against ~17x for the torch.fft path: break-even near n = 8192. A prediction, not a
 # measurement (no GPU has timed this yet); bench/ on a GPU is how to move it.
 MAX_TILE_WIDTH = 8192

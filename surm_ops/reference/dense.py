@@ -1,6 +1,6 @@
 """Dense materialisation of every structured matrix M, and the ``dense`` backend built on it.
 
-These functions define what each op means (design.md §2.1): ``y = x @ M.T``. They are the test oracle in float64
+These functions define what each op means (docs/contract.md §2.1): ``y = x @ M.T``. They are the test oracle in float64
 and the fastest backend at small sizes (one matmul). Every materialiser accepts batched parameters with leading
 dimensions where noted, returns M in the parameters' dtype, and is differentiable with autograd.
 """

@@ -1,4 +1,4 @@
-"""The SURM adapter form (methods.md §1.3): ``out + GELU(M drop(out)) + bias`` for every structure — identity at
+"""The SURM adapter form (docs/methods.md §1.3): ``out + GELU(M drop(out)) + bias`` for every structure — identity at
 init with a live gradient, the dense oracle, gradcheck, the parameter formula, non-mergeable, config validation."""
 
 from __future__ import annotations

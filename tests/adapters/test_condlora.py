@@ -1,5 +1,5 @@
-"""CondLoRA (methods.md §3): both forms against their dense formulas, one map shared by every layer of a module type
-(a step on it moves every layer; state_dict holds it once), gradients reaching the maps only, and the budget of
+"""CondLoRA (docs/methods.md §3): both forms against their dense formulas, one map shared by every layer of a module
+type (a step on it moves every layer; state_dict holds it once), gradients reaching the maps only, and the budget of
 2 r d per module type independent of depth (RoBERTa-base query+value, r = 8: 24,576)."""
 
 from __future__ import annotations

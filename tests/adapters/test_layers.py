@@ -1,4 +1,4 @@
-"""The bar of methods.md §5 for every registered method, square and rectangular: dW = 0 at init with a nonzero
+"""The bar of docs/methods.md §5 for every registered method, square and rectangular: dW = 0 at init with a nonzero
 gradient, only adapter parameters trainable, the parameter count of the formula, ``delta`` equal to the dense
 ``x @ dW.T``, merge equal to the unmerged forward, unmerge exact, and float32 adapters on a bf16 layer."""
 

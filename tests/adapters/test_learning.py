@@ -1,4 +1,4 @@
-"""Does it learn (methods.md §5): on a full-rank structured target every structured method reaches a lower loss
+"""Does it learn (docs/methods.md §5): on a full-rank structured target every structured method reaches a lower loss
 than LoRA at no fewer parameters, and every method reduces the loss. A small, fast version of bench/learn.py."""
 
 import pytest

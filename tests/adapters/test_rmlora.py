@@ -1,4 +1,4 @@
-"""RM-LoRA (methods.md §2): the init, the orthogonality regulariser against a hand computation, and the random
+"""RM-LoRA (docs/methods.md §2): the init, the orthogonality regulariser against a hand computation, and the random
 masker: random_rank rows kept per layer, v1 shared / v2 independent indices, the first step skipped, and the update
 mask keeping masked components fixed under AdamW where the gradient mask does not."""
 

@@ -1,5 +1,5 @@
-"""SARA and Mo-SARA (methods.md §4): the rank rule on hand-built spectra, the randomized spectrum's bound, the budget
-mode, the singular-vector init (dW = 0 with a live lambda gradient), merging, and Mo-SARA's per-token routing."""
+"""SARA and Mo-SARA (docs/methods.md §4): the rank rule on hand-built spectra, the randomized spectrum's bound, the
+budget mode, the singular-vector init (dW = 0 with a live lambda gradient), merging, and Mo-SARA's per-token routing."""
 
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def test_torch_provider_is_the_reference_path():
 
 
 def test_counting():
-    """performance.md §1: a bf16 circulant at d moves 4·B·d bytes forward, 6·B·d backward, 10·B·d in all
+    """docs/performance.md §1: a bf16 circulant at d moves 4·B·d bytes forward, 6·B·d backward, 10·B·d in all
     (plus the float32 filter)."""
     b, d = 16384, 4096
     case = cases.circulant(d).with_(tokens=b, dtype=torch.bfloat16)
@@ -113,7 +113,7 @@ def test_counting():
     assert case.flops("dense", "full") == 3 * case.flops("fft", "fwd")  # every op provider gets the op's count
     assert case.flops("lora-r16", "fwd") == 2 * 16 * 2 * d * b
     ceil = roofline.Ceilings(copy_gbps=3000.0, matmul_tflops={"bfloat16": 790.0})
-    assert ceil.floor_us(4 * b * d, 0, "bfloat16") == pytest.approx(89.5, abs=0.1)  # performance.md's number
+    assert ceil.floor_us(4 * b * d, 0, "bfloat16") == pytest.approx(89.5, abs=0.1)  # docs/performance.md's number
 
 
 def _row(date, device, provider, mode, robust, suite="op", op="circulant", params=768.0, flags=""):

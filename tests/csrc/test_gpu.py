@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Relative L2 error bounds: float32 arithmetic, plus for half x one rounding of the output (2 units of roundoff,
-# about the error of a plain half-precision dense product, design §2.2 / performance.md target 8).
+# about the error of a plain half-precision dense product, docs/contract.md §2.2 / docs/performance.md target 8).
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2 * 2.0**-8, torch.float16: 2 * 2.0**-11}
 # (op, parameter shapes, leading dims); dense oracle up to 3072 features, the float64 FFT reference above.
 CASES = [

@@ -35,7 +35,8 @@ def test_strided_bias_in_the_fused_linear():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_input_with_float64_parameters(dtype):
-    """Compute in float64 (design §2.2): the kernels get float64 operands, not a half load feeding a float64 dot."""
+    """Compute in float64 (docs/contract.md §2.2): the kernels get float64 operands, not a half load feeding a
+    float64 dot."""
     x = torch.randn(5, 24, dtype=torch.float64).to(dtype).requires_grad_()
     c = torch.randn(24, dtype=torch.float64, requires_grad=True)
     y = surm_ops.circulant_matmul(x, c, backend="triton")

@@ -27,7 +27,8 @@ def reference(case, x, params, grad):
 
 
 def half_baseline(case, x, params, grad):
-    """The error of a plain low-precision dense product, the bar for half inputs (design §3): y and x's gradient."""
+    """The error of a plain low-precision dense product, the bar for half inputs (docs/contract.md §3): y and x's
+    gradient."""
     m64 = oracle.matrices(case.op, x.shape[:-1], *[p.detach().double() for p in params])
     m = m64.to(x.dtype)
     y_ref = torch.einsum("...ij,...j->...i", m64, x.double())

@@ -1,4 +1,4 @@
-"""Every error path of design §2.3: the right exception type, raised before any work, naming the argument and
+"""Every error path of docs/contract.md §2.3: the right exception type, raised before any work, naming the argument and
 showing the shapes."""
 
 from __future__ import annotations

@@ -92,6 +92,9 @@ def test_large_sizes_triton_interpreted(case):
 
 
 # 40 tokens in float64, float32 and bfloat16; 300 tokens (several token blocks: index math only) in float64.
+SHARED_S = [c for c in SMALL if not per_token(c)]
+
+
 TILED = [pytest.param(case, tokens, dtype, id=f"{case.label}-t{tokens}-{dtype}",
                       marks=[pytest.mark.slow] if tokens > 64 else [])
          for tokens in TILE_TOKENS for case in tiled(tokens)
@@ -122,7 +125,7 @@ def test_training_tiles_on_gpu(case, backend, dtype):
 @pytest.mark.usefixtures("no_backend_env")
 @pytest.mark.parametrize("backend", ["fft", "dense", "triton"])
 @pytest.mark.parametrize("lead", [(2, 3), (0,), (2, 0), ()], ids=["2x3", "0", "2x0", "none"])
-@pytest.mark.parametrize("case", [c for c in SMALL if not per_token(c)], ids=ids([c for c in SMALL if not per_token(c)]))
+@pytest.mark.parametrize("case", SHARED_S, ids=ids(SHARED_S))
 def test_leading_dims(case, backend, lead):
     skip_unless_interpreted(backend)
     _run_and_compare(case, backend, torch.float64, lead=lead)
@@ -131,7 +134,7 @@ def test_leading_dims(case, backend, lead):
 @pytest.mark.usefixtures("no_backend_env")
 @pytest.mark.parametrize("backend", ["fft", "dense", "triton"])
 @pytest.mark.parametrize("view", ["transposed", "strided", "expanded"])
-@pytest.mark.parametrize("case", [c for c in SMALL if not per_token(c)], ids=ids([c for c in SMALL if not per_token(c)]))
+@pytest.mark.parametrize("case", SHARED_S, ids=ids(SHARED_S))
 def test_non_contiguous_inputs(case, backend, view):
     skip_unless_interpreted(backend)
     params = case.params(torch.float64)

@@ -95,6 +95,17 @@ MUTANTS = [
            "kernels/_structured.py", (("bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000",
                                        "bits = bits & 0xFFFF0000"),),
            ("tests/kernels/test_rounding.py", "-k", "rounds_like_a_gpu")),
+    # -- the adapters ---------------------------------------------------------------------------------------------
+    Mutant("unmerge-subtracts", "unmerge subtracts the update again instead of restoring the saved bits",
+           "surm_ops/adapters/base.py", (("self.base.weight.copy_(self._original_weight)",
+                                          "self.base.weight.sub_(self.delta_weight().to(self.base.weight.dtype))"),),
+           ("tests/adapters/test_model.py", "-k", "unmerge_is_exact")),
+    Mutant("load-by-position", "load_adapters copies tensors in file order instead of by name",
+           "surm_ops/adapters/files.py", (("        for name, p in params.items():\n"
+                                           "            p.copy_(tensors[name].to(p.dtype))",
+                                           "        for p, t in zip(params.values(), tensors.values()):\n"
+                                           "            p.copy_(t.to(p.dtype))"),),
+           ("tests/adapters/test_model.py", "-k", "save_then_load")),
     # -- the FFT reference path -----------------------------------------------------------------------------------
     Mutant("fft-drops-a-conjugate", "the parameter gradient correlates without conjugating x's spectrum",
            "surm_ops/reference/fft.py", (("        x_spec.conj_physical_()\n", ""),),

@@ -67,8 +67,10 @@ PY
   # resolves every symbol _C needs from libtorch, libc10, libcudart and the C++ runtime.
   local check; check="$(mktemp -d)"
   "$py" -m venv "$check/venv"
-  "$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
-    > "$("$check/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/surm-kit-torch.pth"
+  # (A .pth line adds a directory but not the .pth files in it: both directories are named here, torch's first.)
+  { "$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
+    "$cu_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
+  } > "$("$check/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/surm-kit-torch.pth"
   "$check/venv/bin/python" -m pip install -q --no-deps --no-index "$wheel"
   (cd "$check" && "$check/venv/bin/python" -c "
 import torch, surm_ops

@@ -1,6 +1,7 @@
 """The JIT build for real (surm_ops/_extension.py), with a CUDA torch and nvcc, no GPU needed: two processes
 started together on an empty cache build the extension once with ninja (the file lock) and both load it; a third
-process reuses the cache without compiling.
+process reuses the cache without compiling. Who compiled is read from ninja's own progress lines ("[1/3] ...",
+printed with SURM_JIT_VERBOSE=1); a process that reuses a build prints none.
 
 Needs a CUDA build of torch, which the CPU test venv lacks, so it skips there; the CUDA stage of CI
 (.ci/cuda_wheel.sh) runs it in its CUDA venv with SURM_REQUIRE_CUDA_TORCH=1, which turns the skip into a failure.
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -58,22 +59,19 @@ def cuda_torch():
 
 def _start(cache: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), _extension.ENV_CACHE_DIR: str(cache),
-           "TORCH_CUDA_ARCH_LIST": ARCHS, "MAX_JOBS": "2"}
+           "TORCH_CUDA_ARCH_LIST": ARCHS, "MAX_JOBS": "2", _extension.ENV_JIT_VERBOSE: "1"}
     env.pop(_extension.ENV_NO_JIT, None)
     return subprocess.Popen([sys.executable, "-c", PROBE], cwd=cache.parent, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _result(proc: subprocess.Popen) -> dict:
+    """The probe's JSON, plus "steps": the build steps ninja ran in that process."""
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-4000:]
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def _ninja_outputs(directory: Path) -> list[str]:
-    """Every target ninja built in `directory`, one entry per time it was built."""
-    log = directory / ".ninja_log"
-    return [line.split("\t")[3] for line in log.read_text().splitlines() if line and not line.startswith("#")]
+    lines = out.strip().splitlines()
+    return {**json.loads(lines[-1]), "steps": [ln for ln in lines[:-1] + err.splitlines()
+                                              if re.match(r"^\[\d+/\d+\] ", ln)]}
 
 
 def test_two_processes_build_once_and_a_third_reuses_the_cache(cuda_torch, tmp_path):
@@ -86,15 +84,15 @@ def test_two_processes_build_once_and_a_third_reuses_the_cache(cuda_torch, tmp_p
         assert r["schemas"] == ["surm_ops_C::conv_forward", "surm_ops_C::conv_grad_spectrum"], r
     [directory] = [p for p in cache.iterdir() if p.is_dir()]
     assert "sm80" in directory.name and Path(results[0]["module"]).parent == directory
-    built = _ninja_outputs(directory)
-    assert sorted(built) == sorted(set(built)), f"something was compiled twice: {built}"
-    assert any(t.endswith(".so") for t in built) and any("conv_kernels" in t for t in built), built
+    builders = [r for r in results if r["steps"]]
+    assert len(builders) == 1, [r["steps"] for r in results]
+    steps = " ".join(builders[0]["steps"])
+    assert "conv_kernels" in steps and "registration" in steps and ".so" in steps, steps
     assert not (directory / "FAILED").exists()
 
     library = Path(results[0]["module"])
     stamp = library.stat().st_mtime_ns
-    time.sleep(0.01)
     third = _result(_start(cache))
     assert third["ok"] and third["module"] == results[0]["module"]
-    assert _ninja_outputs(directory) == built, "the cached build was compiled again"
+    assert third["steps"] == [], f"the cached build was compiled again: {third['steps']}"
     assert library.stat().st_mtime_ns == stamp

@@ -95,7 +95,13 @@ def _extension_kwargs() -> dict:
         print(f"surm_ops: not building the CUDA extension surm_ops._C: {reason}")
         return {}
     # Imported here only: a machine without torch must still be able to build the sdist and a pure wheel.
+    from torch.utils import cpp_extension
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]  # in case something imported cpp_extension before us
+    # torch >= 2.6 compiles a py_limited_api extension with Py_LIMITED_API and without libtorch_python; older torch
+    # would tag the wheel abi3 without building it so, hence a version-specific wheel there.
+    abi3 = getattr(cpp_extension, "min_supported_cpython", None) is not None
 
     archs = os.environ.get("SURM_CUDA_ARCHS", DEFAULT_ARCHS)
     print(f"surm_ops: building the CUDA extension surm_ops._C for {archs} from {len(sources)} sources")
@@ -108,10 +114,12 @@ def _extension_kwargs() -> dict:
         # flushing denormals would only change small results. -lineinfo costs nothing at run time and lets
         # compute-sanitizer and Nsight point at source lines.
         extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo", *_gencode_flags(archs)]},
-        py_limited_api=True,
+        py_limited_api=abi3,
     )
+    if not abi3:
+        print("surm_ops: this torch cannot build limited-API extensions (torch < 2.6): a CPython-specific wheel")
     return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension},
-            "options": {"bdist_wheel": {"py_limited_api": ABI3_TAG}}}
+            "options": {"bdist_wheel": {"py_limited_api": ABI3_TAG}} if abi3 else {}}
 
 
 def _merged(*kwargs: dict) -> dict:

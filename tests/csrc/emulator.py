@@ -27,8 +27,8 @@ def compiler() -> str | None:
 
 def build(out_dir: Path) -> Path:
     exe = out_dir / "emulate"
-    cmd = [compiler(), "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{ROOT / 'csrc'}", str(SOURCE), "-o",
-           str(exe)]
+    cmd = [compiler(), "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{ROOT / 'csrc'}",
+           str(SOURCE), "-o", str(exe)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return exe
 

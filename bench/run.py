@@ -56,10 +56,17 @@ def drift(start: roofline.Ceilings, end: roofline.Ceilings) -> float:
     return max(abs(b - a) / max(a, b) for a, b in pairs)
 
 
-def select_groups(dev, scope: str, k: str | None) -> list[cases.Group]:
+def matches(label: str, k: str) -> bool:
+    """Every word of ``k`` appears in ``label``, and no word written ``-word`` does ("circulant fwd -skew")."""
+    return all((w[1:] not in label) if w.startswith("-") else (w in label) for w in k.split())
+
+
+def select_groups(dev, scope: str, k: str | list[str] | None) -> list[cases.Group]:
+    """The groups of ``scope`` whose label matches one of ``k`` (all of them when None)."""
     groups = [*cases.groups(dev, scope), *layers.groups(dev, scope)]
-    if k:  # every word must appear in the group's label, e.g. "circulant fwd"
-        groups = [g for g in groups if all(w in g.label for w in k.split())]
+    if k:
+        ks = [k] if isinstance(k, str) else k
+        groups = [g for g in groups if any(matches(g.label, one) for one in ks)]
     return groups
 
 
@@ -125,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case (default 7)")
     parser.add_argument("--visit-ms", type=float, default=10.0, metavar="MS",
                         help="time one provider runs per round (default 10)")
-    parser.add_argument("-k", metavar="WORDS", help="only the cases whose label contains every word, e.g. "
-                        "'circulant fwd' or 'layer'")
+    parser.add_argument("-k", metavar="WORDS", action="append",
+                        help="only the cases whose label contains every word and none written -word, e.g. "
+                        "'circulant fwd -skew' or 'layer'; repeat it for cases matching any of several")
     args = parser.parse_args(argv)
     if args.save and args.out:
         parser.error("--save writes to bench/results; --out picks another folder: give one of them")

@@ -10,6 +10,8 @@
 #   SURM_DIST            output directory (default: dist/)
 #   SURM_CUDA_ARCHS      compute capabilities, default "8.0;9.0" (setup.py); SASS for each, PTX for the newest
 #   SURM_LOCAL_VERSION   local version label; default cu<CUDA>torch<major.minor> from the installed torch
+#   CUDA_HOME, CUDA_PATH the CUDA toolkit; not needed: setup.py finds it from the nvcc on PATH (surm_ops/_toolkit.py)
+# The wheel is cp310-abi3 (setup.py: py_limited_api): one per torch x CUDA pair, for CPython 3.10 and later.
 # It never installs torch: a bare `torch` requirement would resolve to a multi-GB CUDA build of an arbitrary version.
 set -euo pipefail
 
@@ -53,9 +55,23 @@ if [[ "$torch_cuda" == None ]]; then
   exit 0
 fi
 
+# The toolkit, by setup.py's own rule (surm_ops/_toolkit.py), found here first so that a missing one is said plainly
+# and early rather than inside pip's log.
+if ! toolkit="$("$py" -c "import importlib.util as u, sys; s = u.spec_from_file_location('t', 'surm_ops/_toolkit.py'); \
+m = u.module_from_spec(s); s.loader.exec_module(m)
+try: print(m.find())
+except m.ToolkitError as e: sys.exit(str(e))")"; then
+  msg="torch $torch_version has CUDA $torch_cuda but no CUDA toolkit was found (above)"
+  if [[ "$require_cuda" == 1 ]]; then echo "build_wheel.sh: $msg; --require-cuda refuses" >&2; exit 1; fi
+  echo "build_wheel.sh: $msg; building a pure-Python wheel without surm_ops._C"
+  SURM_SKIP_CUDA_BUILD=1 SURM_LOCAL_VERSION="" "$py" -m pip wheel -q --no-build-isolation --no-deps -w "$dist" .
+  exit 0
+fi
 major_minor="$(echo "$torch_version" | cut -d. -f1,2)"
 export SURM_LOCAL_VERSION="${SURM_LOCAL_VERSION:-cu${torch_cuda//./}torch${major_minor}}"
-echo "build_wheel.sh: torch $torch_version, CUDA $torch_cuda, archs ${SURM_CUDA_ARCHS:-8.0;9.0}, version +$SURM_LOCAL_VERSION"
+echo "build_wheel.sh: torch $torch_version, CUDA $torch_cuda, toolkit $toolkit, archs ${SURM_CUDA_ARCHS:-8.0;9.0}, version +$SURM_LOCAL_VERSION"
+# With --require-cuda, setup.py itself refuses to skip the extension (SURM_REQUIRE_CUDA=1).
+export SURM_REQUIRE_CUDA="$require_cuda"
 # --no-build-isolation: the build must see this torch (an isolated build would fetch one of its own).
 "$py" -m pip wheel --no-build-isolation --no-deps -w "$dist" .
 wheel="$(ls -t "$dist"/surm_ops-*+"${SURM_LOCAL_VERSION}"-*.whl 2>/dev/null | head -n1 || true)"

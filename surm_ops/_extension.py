@@ -6,9 +6,11 @@ into a per-version cache directory, on first use; else nothing, and dispatch fal
 Importing this module does nothing; torch and the extension are touched on the first `load()`.
 
 Environment (also in csrc/README.md):
-    SURM_NO_JIT=1      never JIT-build the extension
-    SURM_CACHE_DIR     JIT build cache root (default $XDG_CACHE_HOME/surm_ops or ~/.cache/surm_ops)
-    SURM_JIT_VERBOSE=1 show the compiler output of the JIT build
+    SURM_NO_JIT=1         never JIT-build the extension
+    SURM_CACHE_DIR        JIT build cache root (default $XDG_CACHE_HOME/surm_ops or ~/.cache/surm_ops)
+    SURM_JIT_VERBOSE=1    show the compiler output of the JIT build
+    TORCH_CUDA_ARCH_LIST  architectures of the JIT build (default: those of the visible GPUs, else 8.0;9.0)
+    CUDA_HOME, CUDA_PATH  the CUDA toolkit (default: found from the nvcc on PATH, see surm_ops/_toolkit.py)
 """
 
 from __future__ import annotations
@@ -17,16 +19,21 @@ import contextlib
 import hashlib
 import importlib
 import os
+import re
 import sys
 import threading
 import types
 import warnings
 from pathlib import Path
 
+from surm_ops import _toolkit
+
 ENV_NO_JIT = "SURM_NO_JIT"
 ENV_CACHE_DIR = "SURM_CACHE_DIR"
 ENV_JIT_VERBOSE = "SURM_JIT_VERBOSE"
 JIT_NAME = "surm_ops_C_jit"
+# Architectures of a JIT build with no GPU visible and no TORCH_CUDA_ARCH_LIST: the wheel's (setup.py).
+DEFAULT_JIT_ARCHS = "8.0;9.0"
 _FAILED_MARKER = "FAILED"
 
 _lock = threading.Lock()
@@ -71,22 +78,44 @@ def _sources(root: Path) -> list[Path]:
 
 
 def _cuda_home() -> str | None:
-    from torch.utils.cpp_extension import CUDA_HOME
+    """The CUDA toolkit root (surm_ops/_toolkit.py's rule), or None; the reason is kept for the warning."""
+    global _toolkit_problem
+    try:
+        return str(_toolkit.find())
+    except _toolkit.ToolkitError as exc:
+        _toolkit_problem = str(exc)
+        return None
 
-    return CUDA_HOME
+
+_toolkit_problem = ""
 
 
-def build_dir(root: Path) -> Path:
-    """One directory per torch, CUDA, Python and source version, so nothing stale is ever loaded."""
+def jit_archs() -> str:
+    """The architectures a JIT build compiles for, as TORCH_CUDA_ARCH_LIST spells them: that variable when set,
+    else the compute capabilities of every visible GPU, else DEFAULT_JIT_ARCHS."""
     import torch
 
+    explicit = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if explicit and explicit != "native":
+        return explicit
+    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return ";".join(f"{major}.{minor}" for major, minor in caps) or DEFAULT_JIT_ARCHS
+
+
+def build_dir(root: Path, archs: str | None = None) -> Path:
+    """One directory per torch, CUDA, Python, architecture list and source version, so that nothing built for
+    another torch, toolkit or GPU is ever loaded."""
+    import torch
+
+    archs = jit_archs() if archs is None else archs
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".cu", ".cpp", ".h", ".cuh")):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     base = os.environ.get(ENV_CACHE_DIR) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "surm_ops")
+    arch_tag = "sm" + "_".join(re.sub(r"[^0-9A-Za-z]+", "", a) for a in re.split(r"[;, ]+", archs) if a)
     tag = (f"torch{torch.__version__.replace('+', '_')}-cu{torch.version.cuda}-"
-           f"py{sys.version_info.major}{sys.version_info.minor}-{digest.hexdigest()[:12]}")
+           f"py{sys.version_info.major}{sys.version_info.minor}-{arch_tag}-{digest.hexdigest()[:12]}")
     return Path(base) / tag
 
 
@@ -108,13 +137,32 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _jit_compile(sources: list[Path], include: Path, directory: Path) -> types.ModuleType:
+@contextlib.contextmanager
+def _environ(**values: str):
+    """os.environ with `values` set, restored afterwards (the JIT build runs under the file lock)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _jit_compile(sources: list[Path], include: Path, directory: Path, archs: str, cuda_home: str) -> types.ModuleType:
     from torch.utils import cpp_extension
 
-    return cpp_extension.load(
-        name=JIT_NAME, sources=[str(s) for s in sources], extra_include_paths=[str(include)],
-        extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "-lineinfo"], build_directory=str(directory),
-        verbose=os.environ.get(ENV_JIT_VERBOSE) == "1", is_python_module=True)
+    # torch fixed its CUDA_HOME when cpp_extension was first imported, from its own guess (the parent of the nvcc
+    # on PATH, which may hold no libraries); the build must use the toolkit found and checked here.
+    cpp_extension.CUDA_HOME = cuda_home
+    with _environ(TORCH_CUDA_ARCH_LIST=archs, CUDA_HOME=cuda_home):
+        return cpp_extension.load(
+            name=JIT_NAME, sources=[str(s) for s in sources], extra_include_paths=[str(include)],
+            extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "-lineinfo"], build_directory=str(directory),
+            verbose=os.environ.get(ENV_JIT_VERBOSE) == "1", is_python_module=True)
 
 
 def _jit_load(torch_cuda: str | None) -> types.ModuleType:
@@ -126,10 +174,12 @@ def _jit_load(torch_cuda: str | None) -> types.ModuleType:
     root = csrc_dir()
     if root is None:
         raise _Unavailable("not built: no prebuilt extension, and the csrc sources are not in this install", warn=True)
-    if _cuda_home() is None:
+    cuda_home = _cuda_home()
+    if cuda_home is None:
         raise _Unavailable("not built: no prebuilt extension, and no CUDA toolkit (nvcc) for a JIT build; "
-                           "set CUDA_HOME or put nvcc on PATH", warn=True)
-    directory = build_dir(root)
+                           f"set CUDA_HOME or put nvcc on PATH ({_toolkit_problem})", warn=True)
+    archs = jit_archs()
+    directory = build_dir(root, archs)
     directory.mkdir(parents=True, exist_ok=True)
     marker = directory / _FAILED_MARKER
     with _file_lock(directory / "surm.lock"):
@@ -141,7 +191,7 @@ def _jit_load(torch_cuda: str | None) -> types.ModuleType:
         # directory is running, so a baton present now is stale.
         (directory / "lock").unlink(missing_ok=True)
         try:
-            return _jit_compile(_sources(root), root, directory)
+            return _jit_compile(_sources(root), root, directory, archs, cuda_home)
         except Exception as exc:
             detail = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
             marker.write_text(detail)

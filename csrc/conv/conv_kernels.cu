@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include "common/exec.h"
+#include "common/once.h"
 #include "conv/block_conv.h"
 #include "conv/config.h"
 
@@ -72,10 +73,15 @@ int64_t smem_limit(int device) {
   return optin;
 }
 
+// Above the default 48 KiB of dynamic shared memory a kernel must opt in, per kernel and per device. The limit is
+// raised once per (kernel, device) to the device's whole opt-in figure, so that every later launch fits whatever
+// its shape, and no launch pays the driver call again.
 template <class Kernel>
-void allow_smem(Kernel kernel, int64_t bytes) {
-  if (bytes > 48 * 1024)  // above the default, the kernel must opt in
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+void allow_smem(Kernel kernel, int device) {
+  kernel_setup().run(reinterpret_cast<const void*>(kernel), device, [&] {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem_limit(device))));
+  });
 }
 
 // x: (rows, q * in_len); spec: (p, q, L, 2) float32, the full DFT of each real kernel k[P, Q]
@@ -107,7 +113,7 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& spec, int64_t in_
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_SWITCH(x.scalar_type(), "surm_ops_C::conv_forward", SURM_DISPATCH_CASES([&] {
     auto kernel = conv_forward_kernel<scalar_t>;
-    allow_smem(kernel, smem);
+    allow_smem(kernel, x.get_device());
     kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(
         x.data_ptr<scalar_t>(), reinterpret_cast<const cplx*>(spec.data_ptr<float>()), y.data_ptr<scalar_t>(), rows,
         sh, plan);
@@ -146,7 +152,7 @@ at::Tensor conv_grad_spectrum(const at::Tensor& x, const at::Tensor& grad, int64
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_SWITCH(x.scalar_type(), "surm_ops_C::conv_grad_spectrum", SURM_DISPATCH_CASES([&] {
     auto kernel = conv_grad_kernel<scalar_t>;
-    allow_smem(kernel, smem);
+    allow_smem(kernel, x.get_device());
     kernel<<<grid, threads, smem, stream>>>(x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
                                             reinterpret_cast<cplx*>(partials.data_ptr<float>()), rows, sh, plan, pt,
                                             chunks.pairs_per_chunk);

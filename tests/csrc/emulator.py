@@ -27,8 +27,8 @@ def compiler() -> str | None:
 
 def build(out_dir: Path) -> Path:
     exe = out_dir / "emulate"
-    cmd = [compiler(), "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}", str(SOURCE), "-o",
-           str(exe)]
+    cmd = [compiler(), "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{ROOT / 'csrc'}",
+           str(SOURCE), "-o", str(exe)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return exe
 
@@ -51,6 +51,11 @@ class Emulator:
     def config(self, rows, p, q, length, in_len, out_len, smem_limit) -> dict[str, int]:
         out = self.run("config", rows, p, q, length, in_len, out_len, smem_limit)
         return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
+
+    def once(self, threads: int, rounds: int, devices: int) -> dict[str, int]:
+        """How often each (kernel, device) setup ran under csrc/common/once.h (see emulate.cpp's run_once)."""
+        out = self.run("once", threads, rounds, devices)
+        return {k: int(v) for k, v in (line.rsplit(" ", 1) for line in out.splitlines())}
 
     def fft(self, z: np.ndarray, order: int = 0) -> np.ndarray:
         """Forward FFT of each row of z (batches, n) complex."""

@@ -64,7 +64,7 @@ def test_failed_build_warns_once_and_is_not_retried(ext, monkeypatch):
     monkeypatch.setattr(ext, "_cuda_home", lambda: "/usr/local/cuda")
     calls = []
 
-    def failing(sources, include, directory):
+    def failing(sources, include, directory, archs, cuda_home):
         calls.append(directory)
         raise RuntimeError("Error building extension 'surm_ops_C_jit'\nnvcc fatal: boom")
 
@@ -83,7 +83,7 @@ def test_successful_build_is_used(ext, monkeypatch, tmp_path):
     monkeypatch.setattr(ext, "_cuda_home", lambda: "/usr/local/cuda")
     seen = {}
 
-    def building(sources, include, directory):
+    def building(sources, include, directory, archs, cuda_home):
         seen.update(sources=[s.name for s in sources], include=include, directory=directory)
         module = types.ModuleType(ext.JIT_NAME)
         module.__file__ = str(directory / f"{ext.JIT_NAME}.so")
@@ -124,9 +124,50 @@ def test_stale_torch_baton_from_a_killed_build_is_cleared(ext, monkeypatch):
     directory.mkdir(parents=True)
     (directory / "lock").write_text("")
 
-    def building(sources, include, build_directory):
+    def building(sources, include, build_directory, archs, cuda_home):
         assert not (build_directory / "lock").exists()
         return types.ModuleType(ext.JIT_NAME)
 
     monkeypatch.setattr(ext, "_jit_compile", building)
     assert ext.status()[0]
+
+
+def test_build_dir_is_keyed_by_architecture(tmp_path, monkeypatch):
+    """A cache built for one GPU architecture is never loaded on another: the arch list is in the directory."""
+    monkeypatch.setenv(_extension.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    root = _extension.csrc_dir()
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
+    sm80 = _extension.build_dir(root)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    sm90 = _extension.build_dir(root)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
+    assert len({sm80, sm90, _extension.build_dir(root)}) == 3
+    assert "sm80" in sm80.name and "sm90" in sm90.name
+
+
+def test_jit_archs_follow_the_visible_gpus(monkeypatch):
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    caps = {0: (9, 0), 1: (8, 0), 2: (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: caps[i])
+    assert _extension.jit_archs() == "8.0;9.0"
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.6")
+    assert _extension.jit_archs() == "8.6"
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert _extension.jit_archs() == _extension.DEFAULT_JIT_ARCHS
+
+
+def test_jit_build_gets_the_archs_and_toolkit_of_its_directory(ext, monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(ext, "_cuda_home", lambda: "/opt/cuda-x")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    seen = {}
+
+    def building(sources, include, directory, archs, cuda_home):
+        seen.update(directory=directory, archs=archs, cuda_home=cuda_home)
+        return types.ModuleType(ext.JIT_NAME)
+
+    monkeypatch.setattr(ext, "_jit_compile", building)
+    assert ext.status()[0]
+    assert seen == {"directory": ext.build_dir(ext.csrc_dir(), "9.0"), "archs": "9.0", "cuda_home": "/opt/cuda-x"}

@@ -173,3 +173,13 @@ def test_python_limits_mirror_the_launcher(emulate, cfg, limit):
     launcher_runs = (c["plan_ok"] == 1 and c["forward_buffer"] <= c["max_buffer"] and c["forward_smem"] <= limit
                      and c["grad_tile"] >= 1)
     assert launcher_runs == (not _cuda.limit_reasons(s, limit)), _cuda.limit_reasons(s, limit)
+
+
+def test_kernel_setup_runs_once_per_kernel_and_device(emulate):
+    """cudaFuncSetAttribute (the shared-memory opt-in) goes through csrc/common/once.h: from 8 threads launching
+    two kernels on 3 devices 50 times each, every (kernel, device) pair is set up exactly once, never skipped for a
+    second device, never repeated; a setup that throws is retried by the next launch and then recorded."""
+    counts = emulate.once(threads=8, rounds=50, devices=3)
+    assert {k: v for k, v in counts.items() if k.startswith("kernel")} == {
+        f"kernel{k} device{d}": 1 for k in range(2) for d in range(3)}
+    assert counts["failing_setup_attempts"] == 2

@@ -7,17 +7,23 @@
 //   emulate fft N batches order in out                  -> forward FFT of batches * N complex values
 //   emulate forward order in out                        -> y of conv_forward
 //   emulate grad order smem_limit in out                -> partials of conv_grad_spectrum
+//   emulate once threads rounds devices                 -> how often each (kernel, device) setup ran, from
+//                                                          `threads` threads each launching every kernel on every
+//                                                          device `rounds` times (csrc/common/once.h)
 // order: 0 runs the emulated threads in increasing order, 1 in decreasing order (a result that depends on it
 // reveals a read of a value another thread writes in the same phase, i.e. a missing barrier).
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/exec.h"
+#include "common/once.h"
 #include "conv/block_conv.h"
 #include "conv/config.h"
 
@@ -164,6 +170,41 @@ int run_config(char** a) {
   return 0;
 }
 
+// Stand-ins for two kernels of different signatures, as conv_kernels.cu has; only their addresses are used.
+void kernel_a(const float*, float*) {}
+void kernel_b(const float*, const float*, double*) {}
+
+// The launchers' pattern (allow_smem in conv_kernels.cu) from many threads at once: every (kernel, device) pair
+// must be set up exactly once, and a setup that fails once must be retried by the next launch.
+int run_once(int threads, int rounds, int devices) {
+  const void* kernels[2] = {reinterpret_cast<const void*>(&kernel_a), reinterpret_cast<const void*>(&kernel_b)};
+  std::vector<std::atomic<int>> runs(2 * devices);
+  std::atomic<int> failing_attempts{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&] {
+      for (int r = 0; r < rounds; ++r)
+        for (int d = 0; d < devices; ++d)
+          for (int k = 0; k < 2; ++k) kernel_setup().run(kernels[k], d, [&] { ++runs[k * devices + d]; });
+    });
+  }
+  for (auto& th : pool) th.join();
+  // A setup that throws (a failed cudaFuncSetAttribute) is not recorded as done.
+  const void* key = reinterpret_cast<const void*>(&run_once);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    try {
+      kernel_setup().run(key, 0, [&] {
+        if (++failing_attempts == 1) throw std::runtime_error("first setup fails");
+      });
+    } catch (const std::runtime_error&) {
+    }
+  }
+  for (int k = 0; k < 2; ++k)
+    for (int d = 0; d < devices; ++d) std::printf("kernel%d device%d %d\n", k, d, runs[k * devices + d].load());
+  std::printf("failing_setup_attempts %d\n", failing_attempts.load());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -182,6 +223,7 @@ int main(int argc, char** argv) {
     if (mode == "fft" && argc == 7)
       return run_fft(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]) != 0, argv[5], argv[6]);
     if (mode == "forward" && argc == 5) return run_forward(std::atoi(argv[2]) != 0, argv[3], argv[4]);
+    if (mode == "once" && argc == 5) return run_once(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]));
     if (mode == "grad" && argc == 6) return run_grad(std::atoi(argv[2]) != 0, std::atoll(argv[3]), argv[4], argv[5]);
     std::fprintf(stderr, "usage: see the comment at the top of emulate.cpp\n");
     return 2;

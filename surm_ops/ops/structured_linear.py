@@ -136,7 +136,7 @@ def structured_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
             raise ValueError(f"{name}: kron(a, b) has shape ({a.shape[0] * b.shape[0]}, {a.shape[1] * b.shape[1]}) "
                              f"(a.shape = {_validate.shape_str(a)}, b.shape = {_validate.shape_str(b)}); weight.shape "
                              f"= {_validate.shape_str(weight)}")
-    return _ops[structure](x, weight, bias, *params, dispatch.check_name(backend))
+    return _ops[structure](x, weight, bias, *params, backend)
 
 
 def fusable(x: torch.Tensor) -> bool:

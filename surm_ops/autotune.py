@@ -13,6 +13,7 @@ tool) is never a candidate.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -118,7 +119,7 @@ def _fastest(op: str, candidates: list[str], x: torch.Tensor, params: Sequence[t
     from surm_ops import dispatch
 
     cuda = x.device.type == "cuda"
-    runs = {b: (lambda impl=dispatch.implementation(op, b): impl.forward(x, *params)) for b in candidates}
+    runs = {b: functools.partial(dispatch.implementation(op, b).forward, x, *params) for b in candidates}
     best: dict[str, float] = {}
     reps: dict[str, int] = {}
     with torch.no_grad():

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from surm_ops import autotune
+
 BACKENDS = ("cuda", "triton", "fft", "dense")
 """Every backend name, in automatic priority order."""
 
@@ -142,8 +144,6 @@ def decide(op: str, backend: str, tensors: Sequence[torch.Tensor], check: Callab
     Only plain ``torch.Tensor`` arguments may come here (the caller checks; a subclass's shape may lie). Decisions
     that a test may patch around (the Triton interpreter on CPU) are not remembered.
     """
-    from surm_ops import autotune
-
     key = (op, backend, _ENV_DATA.get(_KEYS[0]), _ENV_DATA.get(_KEYS[1]), autotune.state(),
            *[a for t in tensors for a in (t.shape, t.dtype, t.device)])
     name = _DECIDED.get(key)
@@ -180,8 +180,6 @@ def resolve(op: str, backend: str, x: torch.Tensor, params: Sequence[torch.Tenso
     """The name of the backend that runs this call (see the module docstring for the rules)."""
     name = requested(backend)
     if name == "auto":
-        from surm_ops import autotune
-
         if autotune.enabled():
             return autotune.choose(op, x, params)
         return choose_auto(op, x, params)

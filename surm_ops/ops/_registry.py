@@ -96,16 +96,21 @@ def define(name: str, params: Sequence[str], out_features: Callable[..., int],
             return (*(g if need else None for g, need in zip(grads, needs)), None)
 
     def call(*args):
-        *tensors, backend = args
+        tensors, backend = args[:-1], args[-1]
         if not _plain(tensors):
             if check is not None:
                 check(*tensors)
             return op(*tensors, dispatch.check_name(backend))
         chosen = dispatch.decide(name, backend, tensors, check)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return Eager.apply(*tensors, chosen)
+        if torch.is_grad_enabled():
+            for t in tensors:
+                if t.requires_grad:
+                    return Eager.apply(*tensors, chosen)
         # Nothing to differentiate: the autograd.Function would only record that (~5 µs a call on CPU).
-        return run_forward(dispatch.implementation(name, chosen), tensors[0], tensors[1:])
+        x = tensors[0]
+        if x.numel() == 0:
+            return x.new_zeros(*x.shape[:-1], out_features(*tensors))
+        return dispatch.implementation(name, chosen).forward(*tensors)
 
     return call
 
@@ -114,7 +119,10 @@ def _plain(tensors) -> bool:
     """Whether this call can skip the registered op: eager, plain tensors, no functorch transform active."""
     if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
         return False
-    return all(type(t) is torch.Tensor for t in tensors)
+    for t in tensors:  # a loop, not all(<generator>): ~0.5 µs less on every call
+        if type(t) is not torch.Tensor:
+            return False
+    return True
 
 
 def register_reference(name: str, fft_forward, fft_backward, materialise, adjoint, dense_why_not=None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost, _triton
+from surm_ops.ops import _speed, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, fft
 
@@ -29,8 +29,8 @@ register_reference(NAME, fft.circulant_forward, fft.circulant_backward,
                    lambda c: dense.block_circulant(c) if c.ndim == 3 else dense.circulant(c),
                    lambda gm, c: [dense.block_circulant_adjoint(gm, c.shape) if c.ndim == 3
                                   else dense.circulant_adjoint(gm)])
-dispatch.set_cost_model(NAME, _cost.circulant)
-_triton.register(NAME, "circulant", skip_auto=_triton.tile_width_rule(lambda x, c: x.shape[-1]))
+dispatch.set_cost_model(NAME, _speed.circulant)
+_triton.register(NAME, "circulant", skip_auto=_speed.tile_width_rule(lambda x, c: x.shape[-1]))
 
 
 def circulant_matmul(x: torch.Tensor, c: torch.Tensor, backend: str = "auto") -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost, _triton
+from surm_ops.ops import _speed, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, factored
 
@@ -24,10 +24,9 @@ def _check(x, a, b):
 _op = define(NAME, ["a", "b"], lambda x, a, b: a.shape[0] * b.shape[0], _check)
 register_reference(NAME, factored.kronecker_forward, factored.kronecker_backward, dense.kronecker,
                    dense.kronecker_adjoint)
-dispatch.set_cost_model(NAME, _cost.kronecker)
-# Generated kron tiles cost 2 n_in FLOPs per output, the factored product 2 (q + u): the tiles only pay off while
-# n_in is small (the fused structured_linear is where the Kronecker tiles are worth it: they ride on W0's tiles).
-_triton.register(NAME, "kronecker", skip_auto=_triton.tile_width_rule(lambda x, a, b: x.shape[-1], limit=1024))
+dispatch.set_cost_model(NAME, _speed.kronecker)
+_triton.register(NAME, "kronecker",
+                 skip_auto=_speed.tile_width_rule(lambda x, a, b: x.shape[-1], limit=_speed.KRONECKER_MAX_TILE_WIDTH))
 
 
 def kronecker_matmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, backend: str = "auto") -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost, _triton
+from surm_ops.ops import _speed, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, fft
 
@@ -24,8 +24,8 @@ def _check(x, g, h):
 
 _op = define(NAME, ["g", "h"], lambda x, g, h: g.shape[-1], _check)
 register_reference(NAME, fft.ldr_forward, fft.ldr_backward, dense.ldr, dense.ldr_adjoint)
-dispatch.set_cost_model(NAME, _cost.ldr)
-_triton.register(NAME, "ldr", skip_auto=_triton.tile_width_rule(lambda x, g, h: 2 * g.shape[0] * x.shape[-1]))
+dispatch.set_cost_model(NAME, _speed.ldr)
+_triton.register(NAME, "ldr", skip_auto=_speed.tile_width_rule(lambda x, g, h: 2 * g.shape[0] * x.shape[-1]))
 
 
 def ldr_matmul(x: torch.Tensor, g: torch.Tensor, h: torch.Tensor, backend: str = "auto") -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost, _triton
+from surm_ops.ops import _speed, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, factored
 
@@ -39,10 +39,10 @@ def _check(x, u, s, v):
 _op = define(NAME, ["u", "s", "v"], lambda x, u, s, v: u.shape[0], _check)
 register_reference(NAME, factored.svd_forward, factored.svd_backward,
                    lambda u, s, v: dense.svd(u, s.reshape(-1), v), dense.svd_adjoint, _dense_why_not)
-dispatch.set_cost_model(NAME, _cost.svd)
+dispatch.set_cost_model(NAME, _speed.svd)
 _triton.register(NAME, "svd", lambda x, u, s, v: [
-    f"rank k = {u.shape[1]} > 128: the kernel keeps a (tokens x k) tile in registers; wider ranks would spill"]
-    if u.shape[1] > 128 else [])
+    f"rank k = {u.shape[1]} > {_speed.SVD_TRITON_MAX_RANK}: the kernel keeps a (tokens x k) tile in registers; "
+    "wider ranks would spill"] if u.shape[1] > _speed.SVD_TRITON_MAX_RANK else [])
 
 
 def svd_matmul(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost, _triton
+from surm_ops.ops import _speed, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, fft
 
@@ -26,8 +26,8 @@ def _check(x, col, row):
 _op = define(NAME, ["col", "row"], lambda x, col, row: col.shape[-1], _check)
 register_reference(NAME, fft.toeplitz_forward, fft.toeplitz_backward, dense.toeplitz,
                    lambda gm, col, row: dense.toeplitz_adjoint(gm))
-dispatch.set_cost_model(NAME, _cost.toeplitz)
-_triton.register(NAME, "toeplitz", skip_auto=_triton.tile_width_rule(lambda x, col, row: x.shape[-1]))
+dispatch.set_cost_model(NAME, _speed.toeplitz)
+_triton.register(NAME, "toeplitz", skip_auto=_speed.tile_width_rule(lambda x, col, row: x.shape[-1]))
 
 
 def toeplitz_matmul(x: torch.Tensor, col: torch.Tensor, row: torch.Tensor | None = None,

@@ -12,8 +12,8 @@ round so that machine noise hits them alike, and each one's best round (per-call
 It prints the times and the ratios to ``raw``. ``--clock cpu`` times with this process's CPU time (all threads)
 instead of the wall clock: on a machine shared with other work it leaves out the time the process waited for a
 core, which the wall clock counts and which swamps a 15 µs call there. Use it with ``--threads 1``: idle intra-op
-worker threads spin for a while after each op, which the CPU clock would count. ``auto`` may pick ``dense`` at small shapes (the cost model's call);
-its ratio then compares against a different kernel, so the backend it picked is printed as well.
+worker threads spin for a while after each op, which the CPU clock would count. ``auto`` may pick ``dense`` (the
+cost model's call); its ratio then compares against a different kernel, so the backend it picked is printed too.
 """
 
 from __future__ import annotations

@@ -116,13 +116,18 @@ def define(name: str, params: Sequence[str], out_features: Callable[..., int],
 
 
 def _plain(tensors) -> bool:
-    """Whether this call can skip the registered op: eager, plain tensors, no functorch transform active."""
+    """Whether this call can skip the registered op: eager, plain tensors (or parameters), no functorch transform
+    active."""
     if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
         return False
     for t in tensors:  # a loop, not all(<generator>): ~0.5 µs less on every call
-        if type(t) is not torch.Tensor:
+        if type(t) not in _PLAIN_TYPES:
             return False
     return True
+
+
+# nn.Parameter disables __torch_function__: to every op it is the tensor it holds (an adapter's parameters are these).
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def register_reference(name: str, fft_forward, fft_backward, materialise, adjoint, dense_why_not=None) -> None:

@@ -58,6 +58,9 @@ def reset() -> None:
         _enabled, _cache_dir = None, None
         _chosen.clear()
         _loaded_from.clear()
+    from surm_ops import dispatch
+
+    dispatch.forget()  # decisions remembered per call signature may hold a forgotten choice
 
 
 def state() -> tuple[bool | None, str | None]:

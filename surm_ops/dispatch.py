@@ -141,8 +141,9 @@ def decide(op: str, backend: str, tensors: Sequence[torch.Tensor], check: Callab
     """The backend that runs ``op`` on ``tensors`` (x first, then the parameters) — after ``check(*tensors)``
     (the op's argument validation) and the backend name's check — remembered per call signature.
 
-    Only plain ``torch.Tensor`` arguments may come here (the caller checks; a subclass's shape may lie). Decisions
-    that a test may patch around (the Triton interpreter on CPU) are not remembered.
+    Only plain ``torch.Tensor`` (or ``nn.Parameter``) arguments may come here (the caller checks; another
+    subclass's shape may lie). Decisions that a test may patch around (the Triton interpreter on CPU) are not
+    remembered.
     """
     key = (op, backend, _ENV_DATA.get(_KEYS[0]), _ENV_DATA.get(_KEYS[1]), autotune.state(),
            *[a for t in tensors for a in (t.shape, t.dtype, t.device)])

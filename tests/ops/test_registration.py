@@ -251,3 +251,15 @@ def test_remembered_decisions_follow_the_environment_and_validate_each_signature
         surm_ops.circulant_matmul(torch.randn(3, 9), c)
     with pytest.raises(ValueError, match="is on meta but x is on cpu"):
         surm_ops.circulant_matmul(x, c.to("meta"))
+
+
+def test_parameters_take_the_eager_path_with_the_same_results():
+    """nn.Parameter disables __torch_function__, so an adapter's parameters skip the custom-op machinery like plain
+    tensors (the grad_fn shows which path ran); values and gradients match the registered op's."""
+    x = torch.randn(3, 8, dtype=torch.float64)
+    c = torch.nn.Parameter(torch.randn(8, dtype=torch.float64))
+    y = surm_ops.circulant_matmul(x, c, backend="fft")
+    assert type(y.grad_fn).__name__ == "EagerBackward"
+    want = torch.ops.surm_ops.circulant_matmul(x, c, "fft")
+    assert torch.equal(y, want)
+    assert torch.equal(torch.autograd.grad(y.sum(), c)[0], torch.autograd.grad(want.sum(), c)[0])

@@ -3,7 +3,7 @@
     python bench/crossover.py [--tokens 1 16 256 4096] [--sizes 16 32 64 128 256 512 1024 2048]
 
 Prints, for each op and token count, the timings of both backends and what automatic dispatch picks, so the cost
-model in surm_ops/ops/_cost.py can be checked against the machine (the README quotes this table).
+model in surm_ops/ops/_speed.py can be checked against the machine (the README quotes this table).
 """
 
 from __future__ import annotations

@@ -5,7 +5,13 @@ and if not, why" (:func:`reasons`); automatic selection takes the first backend 
 a forced backend that cannot run raises :class:`BackendUnavailableError` listing every reason.
 
 Priority in automatic mode: ``cuda`` (the compiled extension), ``triton``, then ``fft`` or ``dense`` — whichever the
-op's cost model predicts is faster for the call's shape (dense materialisation wins at small sizes).
+op's cost model predicts is faster for the call's shape (dense materialisation wins at small sizes). With autotuning
+on (``SURM_AUTOTUNE=1`` or :func:`surm_ops.autotune.enable`), automatic mode times the backends that can run instead
+and keeps the fastest per shape class (:mod:`surm_ops.autotune`).
+
+A call's decision (validation passed, backend chosen) depends only on its signature — each tensor's shape, dtype
+and device, the backend asked for, and the two environment variables — so :func:`decide` keeps it per signature:
+a repeated call costs one dictionary lookup instead of the checks (see bench/overhead.py).
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
+from surm_ops import autotune
+
 BACKENDS = ("cuda", "triton", "fft", "dense")
 """Every backend name, in automatic priority order."""
 
 ENV_BACKEND = "SURM_BACKEND"
+ENV_AUTOTUNE = "SURM_AUTOTUNE"
 _GPU_BACKENDS = ("cuda", "triton")
 MIN_CAPABILITY = (8, 0)
 """Oldest GPU the cuda and triton backends run on: their kernels use bfloat16 tensor-core products (Ampere)."""
@@ -74,6 +83,7 @@ def register(op: str, backend: str, impl: Impl) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     _IMPLS.setdefault(op, {})[backend] = impl
+    _DECIDED.clear()
 
 
 def set_cost_model(op: str, prefer_dense: Callable[..., bool]) -> None:
@@ -117,6 +127,49 @@ def reasons(op: str, backend: str, x: torch.Tensor, params: Sequence[torch.Tenso
     return why
 
 
+try:  # CPython's os.environ keeps the encoded variables in a dict: reading it skips a ~1-2 µs encode/decode
+    _ENV_DATA, _env_key = os.environ._data, os.environ.encodekey  # type: ignore[attr-defined]
+except AttributeError:  # another os.environ: read through the mapping (slower, same values)
+    _ENV_DATA, _env_key = os.environ, str
+_KEYS = (_env_key(ENV_BACKEND), _env_key(ENV_AUTOTUNE))
+
+_DECIDED: dict[tuple, str] = {}
+_DECIDED_MAX = 4096  # signatures kept; varying token counts must not grow it without bound
+
+
+def decide(op: str, backend: str, tensors: Sequence[torch.Tensor], check: Callable[..., None] | None = None) -> str:
+    """The backend that runs ``op`` on ``tensors`` (x first, then the parameters) — after ``check(*tensors)``
+    (the op's argument validation) and the backend name's check — remembered per call signature.
+
+    Only plain ``torch.Tensor`` (or ``nn.Parameter``) arguments may come here (the caller checks; another
+    subclass's shape may lie). Decisions that a test may patch around (the Triton interpreter on CPU) are not
+    remembered.
+    """
+    key = (op, backend, _ENV_DATA.get(_KEYS[0]), _ENV_DATA.get(_KEYS[1]), autotune.state(),
+           *[a for t in tensors for a in (t.shape, t.dtype, t.device)])
+    name = _DECIDED.get(key)
+    if name is not None:
+        return name
+    if check is not None:
+        check(*tensors)
+    name = resolve(op, check_name(backend), tensors[0], tensors[1:])
+    if name != "triton" or tensors[0].device.type == "cuda":
+        if len(_DECIDED) >= _DECIDED_MAX:
+            _DECIDED.clear()
+        _DECIDED[key] = name
+    return name
+
+
+def forget() -> None:
+    """Drop every remembered decision (after changing what the backends report, e.g. in tests)."""
+    _DECIDED.clear()
+
+
+def implementation(op: str, backend: str) -> Impl:
+    """The registered ``backend`` implementation of ``op`` (a name :func:`resolve` returned)."""
+    return _IMPLS[op][backend]
+
+
 def requested(backend: str) -> str:
     """The backend a call asks for: its argument, else ``SURM_BACKEND``, else ``'auto'``."""
     if backend != "auto":
@@ -128,6 +181,8 @@ def resolve(op: str, backend: str, x: torch.Tensor, params: Sequence[torch.Tenso
     """The name of the backend that runs this call (see the module docstring for the rules)."""
     name = requested(backend)
     if name == "auto":
+        if autotune.enabled():
+            return autotune.choose(op, x, params)
         return choose_auto(op, x, params)
     why = reasons(op, name, x, params)
     if why:

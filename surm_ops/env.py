@@ -1,7 +1,8 @@
 """Environment report: ``python -m surm_ops.env``.
 
-Prints versions, devices, the compiled extension's status, the environment variables surm_ops reads, and for each
-op and device which backends can run a typical call and, where one cannot, why.
+Prints versions, devices, the compiled extension's status, the environment variables surm_ops reads, the backends
+measured dispatch has chosen (:mod:`surm_ops.autotune`; with ``SURM_CACHE_DIR``, those kept on disk), and for each op
+and device which backends can run a typical call and, where one cannot, why.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import platform
 import torch
 
 import surm_ops
-from surm_ops import _extension, dispatch
+from surm_ops import _extension, autotune, dispatch
 
 
 def _version(dist: str) -> str:
@@ -60,6 +61,14 @@ def report() -> str:
     lines.append("environment variables:")
     lines.append(f"  {dispatch.ENV_BACKEND}={os.environ.get(dispatch.ENV_BACKEND, '')!r} "
                  "(forces a backend for every call made with backend='auto')")
+    lines.append(f"  {autotune.ENV}={os.environ.get(autotune.ENV, '')!r} (1: automatic mode times the backends; "
+                 f"now {'on' if autotune.enabled() else 'off'})")
+    lines.append(f"  {autotune.ENV_CACHE_DIR}={os.environ.get(autotune.ENV_CACHE_DIR, '')!r} (where measured choices "
+                 f"are kept; now {autotune.cache_dir() or 'memory only'})")
+    chosen = autotune.choices()
+    lines.append("")
+    lines.append(f"measured choices ({len(chosen)}):" if chosen else "measured choices: none yet")
+    lines.extend(f"  {key} -> {name}" for key, name in sorted(chosen.items()))
     for device in devices:
         lines.append("")
         lines.append(f"backends on {device} (for a 4 x 64 call):")

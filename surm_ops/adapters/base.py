@@ -20,7 +20,7 @@ from torch import nn
 
 import surm_ops
 from surm_ops.adapters._util import adapter_dtype, apply_keeping_float
-from surm_ops.ops.structured_linear import fusable
+from surm_ops.ops.structured_linear import backend_for
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -145,12 +145,25 @@ class AdaptedLinear(nn.Module):
                 warnings.warn(f"{self.method} layer {self.layer_name!r} is merged: its adapter gets no gradient; "
                               "unmerge(model) before training", stacklevel=2)
             return self.base(x)
-        # The fused kernel takes the frozen weight as (out, in); a Conv1D's (in, out) weight takes the plain path.
-        update = self.fused_update() if self.fuse and not self.fan_in_fan_out else None
-        if update is not None and fusable(x):
+        update = self._fusion(x)
+        if update is not None:
             return surm_ops.structured_linear(x, self.base.weight, self.base.bias, update[0], *update[1])
         y = self.base(x)
         return y + self.delta(x).to(y.dtype)
+
+    def fuses(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` takes the fused kernel (:func:`surm_ops.structured_linear` on its triton
+        backend) rather than ``base(x) + delta(x)``."""
+        return self._fusion(x) is not None
+
+    def _fusion(self, x: torch.Tensor) -> tuple[str, tuple[torch.Tensor, ...]] | None:
+        # Adapter policy: fuse only where the op would run its fused triton backend (dense would materialise M
+        # per call, slower than base + delta). The fused kernel takes the frozen weight as (out, in); a Conv1D's
+        # (in, out) weight takes the plain path.
+        update = self.fused_update() if self.fuse and not self.fan_in_fan_out else None
+        if update is None or backend_for(x, self.base.weight, self.base.bias, update[0], *update[1]) != "triton":
+            return None
+        return update
 
     def fused_update(self) -> tuple[str, tuple[torch.Tensor, ...]] | None:
         """dW as a :func:`surm_ops.structured_linear` structure and its parameters, for methods whose update the

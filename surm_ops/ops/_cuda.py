@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from surm_ops import dispatch
+from surm_ops.ops import _speed
 from surm_ops.reference import fft as reference
 from surm_ops.structure import good_size
 
@@ -26,10 +27,6 @@ MAX_RADIX = 127
 MAX_BUFFER = 1024 * 12
 TWIDDLE_LO = 64
 COMPLEX_BYTES = 8
-# The automatic-mode rule from docs/performance.md §1, a prediction and not a measurement (nothing here has run
-# on a GPU yet): up to this many features dense tiles generated on the fly (Triton) beat the fused FFT, which wins
-# from about 2048 on.
-DENSE_MAX_FEATURES = 1024
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -126,13 +123,6 @@ def _why_not(x: torch.Tensor, params, shape: Shape) -> list[str]:
     return why + limit_reasons(shape, _smem_limit(x.device))
 
 
-def _skip_auto(n_in: int, n_out: int) -> str | None:
-    if max(n_in, n_out) <= DENSE_MAX_FEATURES:
-        return (f"n = {max(n_in, n_out)} <= {DENSE_MAX_FEATURES}: dense tiles generated on the fly are predicted "
-                "faster than the fused FFT (docs/performance.md; a prediction, not a measurement)")
-    return None
-
-
 # -- the kernel calls ------------------------------------------------------------------------------------------------
 
 def _ops():
@@ -187,7 +177,7 @@ def circulant_why_not(x, c):
 
 def circulant_skip_auto(x, c):
     s = _circulant_shape(c)
-    return _skip_auto(s.q * s.in_len, s.p * s.out_len)
+    return _speed.cuda_fused_fft(s.q * s.in_len, s.p * s.out_len)
 
 
 def _toeplitz_kernel(col, row):
@@ -215,7 +205,7 @@ def toeplitz_why_not(x, col, row):
 
 
 def toeplitz_skip_auto(x, col, row):
-    return _skip_auto(row.shape[-1], col.shape[-1])
+    return _speed.cuda_fused_fft(row.shape[-1], col.shape[-1])
 
 
 dispatch.register("circulant_matmul", "cuda", dispatch.Impl(

@@ -12,25 +12,6 @@ from collections.abc import Callable
 
 from surm_ops import dispatch
 
-# Generated tiles cost 2 n FLOPs per output element on tensor cores; docs/performance.md §1 puts that at n/527 times the
-# H100 memory floor, against ~17x for the torch.fft path: break-even near n = 8192. A prediction, not a
-# measurement (no GPU has timed this yet); bench/ on a GPU is how to move it.
-MAX_TILE_WIDTH = 8192
-
-
-def tile_width_rule(width: Callable[..., int], limit: int = MAX_TILE_WIDTH) -> Callable[..., str | None]:
-    """A ``skip_auto`` that passes over triton when ``width(x, *params)`` (the reduction length of the generated
-    tiles per output element) exceeds ``limit``."""
-
-    def skip(x, *params):
-        n = width(x, *params)
-        if n > limit:
-            return (f"generated tiles would reduce over {n} > {limit} inputs per output; the structured "
-                    "(fft/factored) path is predicted faster")
-        return None
-
-    return skip
-
 
 def register(op: str, module: str, why_not: Callable[..., list[str]] | None = None,
              skip_auto: Callable[..., str | None] | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost, _triton
+from surm_ops.ops import _speed, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, fft
 
@@ -16,13 +16,21 @@ def _out_features(x, c):
     return c.shape[0] * c.shape[2] if c.ndim == 3 else c.shape[-1]
 
 
-_op = define(NAME, ["c"], _out_features)
+def _check(x, c):
+    _validate.tensors(NAME, x=x, c=c)
+    _validate.ndim(NAME, "c", c, (1, 3), "(n,) or (p, q, b)")
+    _validate.nonempty(NAME, "c", c)
+    n_in = c.shape[0] if c.ndim == 1 else c.shape[1] * c.shape[2]
+    _validate.features(NAME, x, n_in, lambda: f"c.shape = {_validate.shape_str(c)}")
+
+
+_op = define(NAME, ["c"], _out_features, _check)
 register_reference(NAME, fft.circulant_forward, fft.circulant_backward,
                    lambda c: dense.block_circulant(c) if c.ndim == 3 else dense.circulant(c),
                    lambda gm, c: [dense.block_circulant_adjoint(gm, c.shape) if c.ndim == 3
                                   else dense.circulant_adjoint(gm)])
-dispatch.set_cost_model(NAME, _cost.circulant)
-_triton.register(NAME, "circulant", skip_auto=_triton.tile_width_rule(lambda x, c: x.shape[-1]))
+dispatch.set_cost_model(NAME, _speed.circulant)
+_triton.register(NAME, "circulant", skip_auto=_speed.tile_width_rule(lambda x, c: x.shape[-1]))
 
 
 def circulant_matmul(x: torch.Tensor, c: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -47,9 +55,4 @@ def circulant_matmul(x: torch.Tensor, c: torch.Tensor, backend: str = "auto") ->
         >>> y.shape
         torch.Size([4, 8])
     """
-    _validate.tensors(NAME, x=x, c=c)
-    _validate.ndim(NAME, "c", c, (1, 3), "(n,) or (p, q, b)")
-    _validate.nonempty(NAME, "c", c)
-    n_in = c.shape[0] if c.ndim == 1 else c.shape[1] * c.shape[2]
-    _validate.features(NAME, x, n_in, lambda: f"c.shape = {_validate.shape_str(c)}")
-    return _op(x, c, dispatch.check_name(backend))
+    return _op(x, c, backend)

@@ -5,19 +5,28 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost, _triton
+from surm_ops.ops import _speed, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, factored
 
 NAME = "kronecker_matmul"
 
-_op = define(NAME, ["a", "b"], lambda x, a, b: a.shape[0] * b.shape[0])
+def _check(x, a, b):
+    _validate.tensors(NAME, x=x, a=a, b=b)
+    _validate.ndim(NAME, "a", a, (2,), "(p, q)")
+    _validate.ndim(NAME, "b", b, (2,), "(u, v)")
+    _validate.nonempty(NAME, "a", a)
+    _validate.nonempty(NAME, "b", b)
+    _validate.features(NAME, x, a.shape[1] * b.shape[1], lambda: (
+        f"a.shape = {_validate.shape_str(a)} and b.shape = {_validate.shape_str(b)} (n_in = q*v)"))
+
+
+_op = define(NAME, ["a", "b"], lambda x, a, b: a.shape[0] * b.shape[0], _check)
 register_reference(NAME, factored.kronecker_forward, factored.kronecker_backward, dense.kronecker,
                    dense.kronecker_adjoint)
-dispatch.set_cost_model(NAME, _cost.kronecker)
-# Generated kron tiles cost 2 n_in FLOPs per output, the factored product 2 (q + u): the tiles only pay off while
-# n_in is small (the fused structured_linear is where the Kronecker tiles are worth it: they ride on W0's tiles).
-_triton.register(NAME, "kronecker", skip_auto=_triton.tile_width_rule(lambda x, a, b: x.shape[-1], limit=1024))
+dispatch.set_cost_model(NAME, _speed.kronecker)
+_triton.register(NAME, "kronecker",
+                 skip_auto=_speed.tile_width_rule(lambda x, a, b: x.shape[-1], limit=_speed.KRONECKER_MAX_TILE_WIDTH))
 
 
 def kronecker_matmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -35,11 +44,4 @@ def kronecker_matmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, backend:
         >>> surm_ops.kronecker_matmul(x, a, b).shape
         torch.Size([4, 10])
     """
-    _validate.tensors(NAME, x=x, a=a, b=b)
-    _validate.ndim(NAME, "a", a, (2,), "(p, q)")
-    _validate.ndim(NAME, "b", b, (2,), "(u, v)")
-    _validate.nonempty(NAME, "a", a)
-    _validate.nonempty(NAME, "b", b)
-    _validate.features(NAME, x, a.shape[1] * b.shape[1], lambda: (
-        f"a.shape = {_validate.shape_str(a)} and b.shape = {_validate.shape_str(b)} (n_in = q*v)"))
-    return _op(x, a, b, dispatch.check_name(backend))
+    return _op(x, a, b, backend)

@@ -5,16 +5,27 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost, _triton
+from surm_ops.ops import _speed, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, fft
 
 NAME = "ldr_matmul"
 
-_op = define(NAME, ["g", "h"], lambda x, g, h: g.shape[-1])
+def _check(x, g, h):
+    _validate.tensors(NAME, x=x, g=g, h=h)
+    _validate.ndim(NAME, "g", g, (2,), "(r, n)")
+    _validate.ndim(NAME, "h", h, (2,), "(r, n)")
+    _validate.nonempty(NAME, "g", g)
+    if h.shape != g.shape:
+        raise ValueError(f"{NAME}: g and h must have the same shape (r, n); got g.shape = "
+                         f"{_validate.shape_str(g)} and h.shape = {_validate.shape_str(h)}")
+    _validate.features(NAME, x, g.shape[1], lambda: f"g.shape = {_validate.shape_str(g)}")
+
+
+_op = define(NAME, ["g", "h"], lambda x, g, h: g.shape[-1], _check)
 register_reference(NAME, fft.ldr_forward, fft.ldr_backward, dense.ldr, dense.ldr_adjoint)
-dispatch.set_cost_model(NAME, _cost.ldr)
-_triton.register(NAME, "ldr", skip_auto=_triton.tile_width_rule(lambda x, g, h: 2 * g.shape[0] * x.shape[-1]))
+dispatch.set_cost_model(NAME, _speed.ldr)
+_triton.register(NAME, "ldr", skip_auto=_speed.tile_width_rule(lambda x, g, h: 2 * g.shape[0] * x.shape[-1]))
 
 
 def ldr_matmul(x: torch.Tensor, g: torch.Tensor, h: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -32,12 +43,4 @@ def ldr_matmul(x: torch.Tensor, g: torch.Tensor, h: torch.Tensor, backend: str =
         >>> surm_ops.ldr_matmul(x, g, h).shape
         torch.Size([4, 8])
     """
-    _validate.tensors(NAME, x=x, g=g, h=h)
-    _validate.ndim(NAME, "g", g, (2,), "(r, n)")
-    _validate.ndim(NAME, "h", h, (2,), "(r, n)")
-    _validate.nonempty(NAME, "g", g)
-    if h.shape != g.shape:
-        raise ValueError(f"{NAME}: g and h must have the same shape (r, n); got g.shape = "
-                         f"{_validate.shape_str(g)} and h.shape = {_validate.shape_str(h)}")
-    _validate.features(NAME, x, g.shape[1], lambda: f"g.shape = {_validate.shape_str(g)}")
-    return _op(x, g, h, dispatch.check_name(backend))
+    return _op(x, g, h, backend)

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from surm_ops import _validate, dispatch
 from surm_ops.ops import _triton
-from surm_ops.ops._registry import define
+from surm_ops.ops._registry import _plain, define
 from surm_ops.reference import dense
 from surm_ops.structure import compute_dtype
 
@@ -103,6 +103,27 @@ def structured_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         >>> torch.allclose(y, x @ (w + surm_ops.reference.dense.toeplitz(e[0, 0, 5:], e[0, 0, :6].flip(0))).T)
         True
     """
+    bias = _arguments(x, weight, bias, structure, params)
+    return _ops[structure](x, weight, bias, *params, backend)
+
+
+def backend_for(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, structure: str,
+                *params: torch.Tensor, backend: str = "auto") -> str:
+    """The backend :func:`structured_linear` with these arguments would run (``"triton"``: the fused kernel), asked
+    of dispatch exactly as the call will ask it: in eager mode the same remembered decision, so an adapter that
+    checks first and the op that then runs cannot disagree. Raises as the call would on bad arguments."""
+    bias = _arguments(x, weight, bias, structure, params)
+    op, tensors = f"structured_linear_{structure}", (x, weight, bias, *params)
+    if _plain(tensors):
+        return dispatch.decide(op, backend, tensors)
+    # Traced (torch.compile) or a tensor subclass: the rule the registered op applies at run time, without
+    # measuring (timing cannot happen while tracing).
+    name = dispatch.requested(dispatch.check_name(backend))
+    return dispatch.choose_auto(op, x, tensors[1:]) if name == "auto" else name
+
+
+def _arguments(x, weight, bias, structure, params):
+    """Validate structured_linear's arguments; returns the bias (zeros for None)."""
     name = "structured_linear"
     if structure not in STRUCTURES:
         raise ValueError(f"{name}: structure must be one of {', '.join(map(repr, STRUCTURES))}; got {structure!r}")
@@ -136,13 +157,6 @@ def structured_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
             raise ValueError(f"{name}: kron(a, b) has shape ({a.shape[0] * b.shape[0]}, {a.shape[1] * b.shape[1]}) "
                              f"(a.shape = {_validate.shape_str(a)}, b.shape = {_validate.shape_str(b)}); weight.shape "
                              f"= {_validate.shape_str(weight)}")
-    return _ops[structure](x, weight, bias, *params, dispatch.check_name(backend))
+    return bias
 
 
-def fusable(x: torch.Tensor) -> bool:
-    """Whether an adapter should call :func:`structured_linear` for this input: when the fused triton backend is
-    what this call would use (CUDA tensors, or ``triton`` forced through ``SURM_BACKEND``)."""
-    name = dispatch.requested("auto")
-    if name == "auto":
-        return x.device.type == "cuda" and not dispatch.reasons("structured_linear_toeplitz", "triton", x, [])
-    return name == "triton"

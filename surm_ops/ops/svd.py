@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surm_ops import _validate, dispatch
-from surm_ops.ops import _cost, _triton
+from surm_ops.ops import _speed, _triton
 from surm_ops.ops._registry import define, register_reference
 from surm_ops.reference import dense, factored
 
@@ -19,13 +19,30 @@ def _dense_why_not(x, u, s, v):
     return []
 
 
-_op = define(NAME, ["u", "s", "v"], lambda x, u, s, v: u.shape[0])
+def _check(x, u, s, v):
+    _validate.tensors(NAME, x=x, u=u, s=s, v=v)
+    _validate.ndim(NAME, "u", u, (2,), "(n_out, k)")
+    _validate.ndim(NAME, "v", v, (2,), "(n_in, k)")
+    if u.shape[1] != v.shape[1]:
+        raise ValueError(f"{NAME}: u and v must have the same number of columns k; got u.shape = "
+                         f"{_validate.shape_str(u)} and v.shape = {_validate.shape_str(v)}")
+    _validate.features(NAME, x, v.shape[0], lambda: f"v.shape = {_validate.shape_str(v)}")
+    k = u.shape[1]
+    target = (*x.shape[:-1], k)
+    # A plain check: torch.broadcast_shapes costs ~15 µs, as much as a small call's whole kernel time.
+    ok = s.ndim <= len(target) and all(d == 1 or d == t for d, t in zip(reversed(s.shape), reversed(target)))
+    if not ok:
+        raise ValueError(f"{NAME}: s must have shape (k,) = ({k},) or be broadcastable to (..., k) = "
+                         f"{tuple(target)}; got s.shape = {_validate.shape_str(s)}")
+
+
+_op = define(NAME, ["u", "s", "v"], lambda x, u, s, v: u.shape[0], _check)
 register_reference(NAME, factored.svd_forward, factored.svd_backward,
                    lambda u, s, v: dense.svd(u, s.reshape(-1), v), dense.svd_adjoint, _dense_why_not)
-dispatch.set_cost_model(NAME, _cost.svd)
+dispatch.set_cost_model(NAME, _speed.svd)
 _triton.register(NAME, "svd", lambda x, u, s, v: [
-    f"rank k = {u.shape[1]} > 128: the kernel keeps a (tokens x k) tile in registers; wider ranks would spill"]
-    if u.shape[1] > 128 else [])
+    f"rank k = {u.shape[1]} > {_speed.SVD_TRITON_MAX_RANK}: the kernel keeps a (tokens x k) tile in registers; "
+    "wider ranks would spill"] if u.shape[1] > _speed.SVD_TRITON_MAX_RANK else [])
 
 
 def svd_matmul(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor,
@@ -45,18 +62,4 @@ def svd_matmul(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tenso
         >>> surm_ops.svd_matmul(x, u, s, v).shape
         torch.Size([4, 5])
     """
-    _validate.tensors(NAME, x=x, u=u, s=s, v=v)
-    _validate.ndim(NAME, "u", u, (2,), "(n_out, k)")
-    _validate.ndim(NAME, "v", v, (2,), "(n_in, k)")
-    if u.shape[1] != v.shape[1]:
-        raise ValueError(f"{NAME}: u and v must have the same number of columns k; got u.shape = "
-                         f"{_validate.shape_str(u)} and v.shape = {_validate.shape_str(v)}")
-    _validate.features(NAME, x, v.shape[0], lambda: f"v.shape = {_validate.shape_str(v)}")
-    k = u.shape[1]
-    target = (*x.shape[:-1], k)
-    # A plain check: torch.broadcast_shapes costs ~15 µs, as much as a small call's whole kernel time.
-    ok = s.ndim <= len(target) and all(d == 1 or d == t for d, t in zip(reversed(s.shape), reversed(target)))
-    if not ok:
-        raise ValueError(f"{NAME}: s must have shape (k,) = ({k},) or be broadcastable to (..., k) = "
-                         f"{tuple(target)}; got s.shape = {_validate.shape_str(s)}")
-    return _op(x, u, s, v, dispatch.check_name(backend))
+    return _op(x, u, s, v, backend)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import surm_ops
-from surm_ops.ops.structured_linear import fusable
 from tests.adapters.test_layers import _adapter_params, _layer, _perturb
 from tests.ops.checks import rel_err
 from tests.triton_mode import skip_unless_interpreted
@@ -34,7 +33,7 @@ def test_fused_layer_equals_unfused(method, options, d_in, d_out, monkeypatch):
     _perturb(layer)
     x = torch.randn(5, d_in, dtype=torch.float64, requires_grad=True)
     monkeypatch.delenv("SURM_BACKEND", raising=False)
-    assert not fusable(x)
+    assert not layer.fuses(x)
     want = _run(layer, x)
     calls = []
     real = surm_ops.structured_linear
@@ -106,7 +105,7 @@ def check_young_adapter_contribution(method, options, dtype, device, n_tok, d_in
     want = torch.autograd.grad(want_y, [x64, *_adapter_params(oracle)], g64)
     layer = layer.to(device)
     x = x64.detach().to(dtype).to(device).requires_grad_()
-    assert fusable(x)
+    assert layer.fuses(x)
     y = layer(x)
     got = torch.autograd.grad(y, [x, *_adapter_params(layer)], g64.to(dtype).to(device))
     tol = {torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]  # output rounding + the update's own half rounding
@@ -146,7 +145,7 @@ def test_fused_layer_on_gpu(method, options, monkeypatch):
     _perturb(layer)  # on CPU: it draws from a CPU generator
     layer = layer.cuda()
     x = torch.randn(4096, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    assert fusable(x)
+    assert layer.fuses(x)
     got = _run(layer, x)
     layer.fuse = False
     want = _run(layer, x)

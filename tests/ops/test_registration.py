@@ -215,3 +215,51 @@ def test_gpu_backends_refuse_gpus_older_than_ampere(monkeypatch, capability, ref
         assert (loads == []) == refused  # an sm_75 device never loads (or JIT-builds) the extension
     finally:
         dispatch._capability.cache_clear()
+
+
+def test_eager_backward_runs_the_backend_the_forward_resolved(monkeypatch):
+    """Decided once per call: changing SURM_BACKEND between forward and backward does not switch the backward to
+    another backend (observed through recording implementations)."""
+    ran = []
+    for name in ("fft", "dense"):
+        impl = dispatch.implementation("circulant_matmul", name)
+
+        def backward(*args, impl=impl, name=name):
+            ran.append(name)
+            return impl.backward(*args)
+
+        monkeypatch.setitem(dispatch._IMPLS["circulant_matmul"], name,
+                            dispatch.Impl(impl.forward, backward, impl.why_not, impl.skip_auto))
+    x, c = torch.randn(3, 8), torch.randn(8, requires_grad=True)
+    monkeypatch.setenv("SURM_BACKEND", "dense")
+    y = surm_ops.circulant_matmul(x, c)
+    monkeypatch.setenv("SURM_BACKEND", "fft")
+    y.sum().backward()
+    assert ran == ["dense"]
+
+
+def test_remembered_decisions_follow_the_environment_and_validate_each_signature(monkeypatch):
+    x, c = torch.randn(3, 8), torch.randn(8)
+    monkeypatch.setenv("SURM_BACKEND", "dense")
+    surm_ops.circulant_matmul(x, c)
+    monkeypatch.setenv("SURM_BACKEND", "cuda")
+    with pytest.raises(surm_ops.BackendUnavailableError, match="SURM_BACKEND=cuda"):
+        surm_ops.circulant_matmul(x, c)
+    monkeypatch.delenv("SURM_BACKEND")
+    surm_ops.circulant_matmul(x, c)
+    with pytest.raises(ValueError, match=r"x.shape\[-1\] must be n_in = 8"):
+        surm_ops.circulant_matmul(torch.randn(3, 9), c)
+    with pytest.raises(ValueError, match="is on meta but x is on cpu"):
+        surm_ops.circulant_matmul(x, c.to("meta"))
+
+
+def test_parameters_take_the_eager_path_with_the_same_results():
+    """nn.Parameter disables __torch_function__, so an adapter's parameters skip the custom-op machinery like plain
+    tensors (the grad_fn shows which path ran); values and gradients match the registered op's."""
+    x = torch.randn(3, 8, dtype=torch.float64)
+    c = torch.nn.Parameter(torch.randn(8, dtype=torch.float64))
+    y = surm_ops.circulant_matmul(x, c, backend="fft")
+    assert type(y.grad_fn).__name__ == "EagerBackward"
+    want = torch.ops.surm_ops.circulant_matmul(x, c, "fft")
+    assert torch.equal(y, want)
+    assert torch.equal(torch.autograd.grad(y.sum(), c)[0], torch.autograd.grad(want.sum(), c)[0])

@@ -89,10 +89,10 @@ def test_opcheck(backend):
 
 def test_auto_uses_dense_on_cpu(no_backend_env):
     from surm_ops import dispatch
-    from surm_ops.ops.structured_linear import fusable
+    from surm_ops.ops.structured_linear import backend_for
 
     assert dispatch.resolve("structured_linear_toeplitz", "auto", torch.randn(2, 5), []) == "dense"
-    assert not fusable(torch.randn(2, 5))
+    assert backend_for(torch.randn(2, 5), torch.randn(3, 5), None, "toeplitz", torch.randn(1, 1, 7)) == "dense"
 
 
 @pytest.mark.parametrize("structure, params, pattern", [

@@ -1,4 +1,4 @@
-"""The README's "Using surm_ops from PEFT" example runs as written (~5 s)."""
+"""The README's "With PEFT and the Trainer" example runs as written (~5 s)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_readme_peft_example_runs(tmp_path, monkeypatch, capsys):
     text = README.read_text()
-    section = text[text.index("## Using surm_ops from PEFT"):]
+    section = text[text.index("## With PEFT and the Trainer"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "get_peft_model" in code and "merge_and_unload" in code
     monkeypatch.chdir(tmp_path)  # the example writes out/ and adapter/
